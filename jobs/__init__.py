@@ -1,0 +1,1 @@
+"""Entry points on top of data_prep, losses and pipeline: the CLI, Ray jobs and submission."""

@@ -1,0 +1,10 @@
+"""`facetrain embed`."""
+
+from __future__ import annotations
+
+from jobs.cli.common import not_implemented
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("embed", help="embed (not implemented yet)")
+    parser.set_defaults(func=not_implemented("facetrain embed"))

@@ -1,0 +1,10 @@
+"""`facetrain submit`."""
+
+from __future__ import annotations
+
+from jobs.cli.common import not_implemented
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("submit", help="submit (not implemented yet)")
+    parser.set_defaults(func=not_implemented("facetrain submit"))

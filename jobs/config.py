@@ -1,0 +1,124 @@
+"""One way to load every command's typed config: YAML file, then `--set a.b=c` overrides.
+
+Each package owns the pydantic model of its own config (``data_prep.config``,
+``pipeline.config``); this module only resolves files and overrides into one of them and
+turns validation failures into a single line that names the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A config file, override or value that cannot be used; the message names the key."""
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=c` -> (["a", "b"], c) with `c` read as a YAML scalar (so 3, 0.1, true, [1, 2] work)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. train.steps=100")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({err.problem})") from err
+    return key.strip().split("."), value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of `tree` with each `a.b=c` override set (intermediate mappings created)."""
+    result = _deep_copy(tree)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for depth, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                where = ".".join(path[: depth + 1])
+                raise ConfigError(f"--set {text!r}: {where} is a {type(child).__name__}, not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path}: not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top, got {type(data).__name__}")
+    return data
+
+
+def load_config(
+    model: type[M],
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    base: Mapping[str, Any] | None = None,
+) -> M:
+    """Resolve `base` <- YAML file <- overrides into `model`, or raise ConfigError naming the key."""
+    tree = _deep_copy(dict(base or {}))
+    if path is not None:
+        tree = _deep_merge(tree, read_yaml(path))
+    tree = apply_overrides(tree, overrides)
+    return validate(model, tree, source=str(path) if path else "config")
+
+
+def validate(model: type[M], tree: Mapping[str, Any], source: str = "config") -> M:
+    try:
+        return model.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {describe_validation_error(err)}") from err
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    """The first problem as `key 'a.b': expected <type>, got <value>` (plus a count of the rest)."""
+    problems = err.errors()
+    first = problems[0]
+    key = ".".join(str(part) for part in first["loc"]) or "<root>"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        text = f"unknown key '{key}'"
+    elif kind == "missing":
+        text = f"missing key '{key}'"
+    else:
+        text = f"key '{key}': {first['msg'].lower()}, got {first.get('input')!r}"
+    if len(problems) > 1:
+        text += f" (and {len(problems) - 1} more problem(s))"
+    return text
+
+
+def save_resolved(config: BaseModel, path: str | Path) -> Path:
+    """Write the fully resolved config as YAML (what every output directory keeps)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    return path
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _deep_copy(tree: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in tree.items()}
