@@ -1,0 +1,177 @@
+"""The typed training config (`facetrain train --config ...`), one pydantic model per section.
+
+Loaded from YAML by `jobs.config.load_config(TrainConfig, path, overrides)`; pipeline code
+receives the built object and never reads files or environment for settings. Unknown keys
+are errors (`extra="forbid"`), so a typo in a YAML never trains silently with a default.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BatchConfig(Section):
+    p: int = Field(16, ge=1, description="identities per rank per step")
+    k: int = Field(4, ge=1, description="images per identity (>= 2 for the P x K sampler)")
+
+    @property
+    def size(self) -> int:
+        return self.p * self.k
+
+
+class DataConfig(Section):
+    shards: str = Field(description="a `facetrain prep` output dir or URL (holds dataset.json)")
+    split: str = "train"
+    batch: BatchConfig = BatchConfig()
+    # pk: identity-balanced P x K batches; shuffle: plain shuffled batches of p*k images;
+    # auto: pk when a triplet or centre term is in the loss, shuffle otherwise.
+    sampler: Literal["auto", "pk", "shuffle"] = "auto"
+    weighting: Literal["uniform", "instance", "sqrt"] = "uniform"
+    buffer_identities: int = Field(256, ge=1, description="identities held per loader worker")
+    shuffle_buffer: int = Field(2048, ge=1, description="images held per worker (shuffle sampler)")
+    workers: int = Field(
+        2, ge=0, description="loader processes per rank (0: in the training process)"
+    )
+    flip: bool = True
+
+
+class ModelConfig(Section):
+    backbone: str = "iresnet50"
+    embedding_size: int = Field(512, ge=2)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class LossTermBase(Section):
+    weight: float = Field(1.0, ge=0.0)
+
+
+class SoftmaxTerm(LossTermBase):
+    type: Literal["softmax"]
+    bias: bool = True
+    sample_rate: float = Field(1.0, gt=0.0, le=1.0)
+
+
+class ASoftmaxTerm(LossTermBase):
+    type: Literal["asoftmax"]
+    margin: int = Field(4, ge=1, le=4)
+    lambda_base: float = 1000.0
+    lambda_gamma: float = 0.12
+    lambda_power: float = 1.0
+    lambda_min: float = 5.0
+    sample_rate: float = Field(1.0, gt=0.0, le=1.0)
+
+
+class CenterTerm(LossTermBase):
+    type: Literal["center"]
+    weight: float = Field(0.003, ge=0.0)  # lambda of Wen et al. 2016
+    alpha: float = Field(0.5, gt=0.0, le=1.0)
+
+
+class TripletTerm(LossTermBase):
+    type: Literal["triplet"]
+    margin: float = Field(0.2, ge=0.0)
+    mining: Literal["semihard", "hard", "all"] = "semihard"
+    normalize: bool = True
+
+
+LossTerm = Annotated[
+    SoftmaxTerm | ASoftmaxTerm | CenterTerm | TripletTerm, Field(discriminator="type")
+]
+CLASSIFIER_TYPES = ("softmax", "asoftmax")
+
+
+class TrainSection(Section):
+    steps: int = Field(1000, ge=1)
+    lr: float = Field(0.1, gt=0.0)
+    head_lr: float | None = Field(None, gt=0.0, description="classifier-shard LR; default train.lr")
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["cosine", "poly", "step", "constant"] = "cosine"
+    poly_power: float = Field(2.0, gt=0.0)
+    step_milestones: list[int] = Field(
+        default_factory=list, description="steps where LR *= step_gamma"
+    )
+    step_gamma: float = Field(0.1, gt=0.0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    grad_clip: float = Field(5.0, ge=0.0, description="max global grad norm; 0 disables")
+    zero_stage: Literal[0, 1, 2] = 0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    max_nonfinite_in_row: int = Field(
+        10, ge=1, description="stop after this many skipped steps in a row"
+    )
+    log_every: int = Field(10, ge=1)
+
+
+class CheckpointConfig(Section):
+    dir: str = "checkpoints"
+    every: int = Field(1000, ge=1)
+    keep: int = Field(2, ge=1, description="complete checkpoints kept on disk")
+
+
+class MlflowConfig(Section):
+    tracking_uri: str | None = Field(
+        None, description="default: $MLFLOW_TRACKING_URI, else ./mlruns"
+    )
+    experiment: str = "facetrain"
+    run_name: str | None = None
+    registered_model: str | None = "facetrain-embedder"
+    log_model: bool = True
+
+
+class EvalConfig(Section):
+    """Optional final verification (filled in by the evaluation stage)."""
+
+    pairs: str | None = None
+    images: str | None = None
+    landmarks: str | None = None
+    batch_size: int = Field(64, ge=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainConfig(Section):
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    loss: list[LossTerm] = Field(min_length=1)
+    train: TrainSection = TrainSection()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    eval: EvalConfig | None = None
+
+    @field_validator("loss")
+    @classmethod
+    def _check_combination(cls, terms: list[LossTerm]) -> list[LossTerm]:
+        types = [term.type for term in terms]
+        classifiers = [t for t in types if t in CLASSIFIER_TYPES]
+        if len(classifiers) > 1:
+            raise ValueError(f"at most one classifier term (softmax|asoftmax), got {classifiers}")
+        if "center" in types and not classifiers:
+            raise ValueError("a center term needs a softmax or asoftmax term next to it")
+        repeated = sorted({t for t in types if types.count(t) > 1})
+        if repeated:
+            raise ValueError(f"term type(s) {repeated} appear more than once")
+        return terms
+
+    @model_validator(mode="after")
+    def _check_batch(self) -> TrainConfig:
+        if self.sampler == "pk" and self.data.batch.k < 2:
+            raise ValueError(
+                f"data.batch.k={self.data.batch.k}: the P x K sampler needs k >= 2 so every anchor has a positive"
+            )
+        return self
+
+    @property
+    def sampler(self) -> Literal["pk", "shuffle"]:
+        if self.data.sampler != "auto":
+            return self.data.sampler
+        needs_identities = any(term.type in ("triplet", "center") for term in self.loss)
+        return "pk" if needs_identities else "shuffle"

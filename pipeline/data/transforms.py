@@ -1,0 +1,42 @@
+"""Image -> tensor conversions shared by training, evaluation and embedding.
+
+The one convention every backbone expects: RGB, float, CHW, `pixel / 127.5 - 1` in [-1, 1].
+Decoding and flipping stay in uint8 HWC (cheap to move between loader processes); the
+conversion to float happens once per batch, after collation.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def decode_rgb(data: bytes, where: str = "image") -> np.ndarray:
+    """JPEG/PNG bytes -> uint8 HWC RGB array; `where` names the sample in the error."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"))
+    except Exception as err:  # PIL raises several unrelated types for bad data
+        raise ValueError(f"{where}: cannot decode image ({err})") from err
+
+
+def to_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
+    """One PIL image or uint8 HWC RGB array -> float CHW tensor in [-1, 1]."""
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"to_tensor: expected uint8 HxWx3 RGB, got {image.dtype} {image.shape}")
+    return normalize_batch(torch.from_numpy(np.ascontiguousarray(image))[None])[0]
+
+
+def normalize_batch(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, H, W, 3] -> float [B, 3, H, W] in [-1, 1] (`pixel / 127.5 - 1`)."""
+    return images_uint8.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0).contiguous()
+
+
+def hflip(image: np.ndarray) -> np.ndarray:
+    """Mirror a HWC image left-right (aligned faces are symmetric about the vertical axis)."""
+    return image[:, ::-1]
