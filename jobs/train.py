@@ -1,0 +1,139 @@
+"""Ray entrypoint: `python -m jobs.train --config FILE [--set k=v] [--nproc N]` on a Ray cluster.
+
+Takes the arguments of `facetrain train` and runs the same per-rank training function
+(`pipeline.trainer.run_rank`) on N Ray Train workers through `TorchTrainer`: one worker per
+GPU (NCCL) when the config asks for CUDA or the cluster has GPUs, else CPU workers joined by
+gloo. Ray Train sets up the process group; run_rank finds it already initialised.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+RankFn = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """How many Ray Train workers and whether each holds one GPU."""
+
+    num_workers: int
+    use_gpu: bool
+
+    @property
+    def backend(self) -> str:
+        return "nccl" if self.use_gpu else "gloo"
+
+
+def choose_scaling(
+    device: str, nproc: int | None, cluster_resources: Mapping[str, float]
+) -> Scaling:
+    """Workers and devices for `train.device` (auto|cpu|cuda) on a cluster with these resources.
+
+    `--nproc` wins when given; otherwise one worker per GPU on a GPU cluster, one CPU worker
+    elsewhere. `device=cuda` on a cluster without GPUs is an error, not a silent CPU run.
+    """
+    gpus = int(cluster_resources.get("GPU", 0))
+    if device == "cuda" and gpus == 0:
+        raise ValueError("train.device=cuda: the Ray cluster has no GPU resources")
+    use_gpu = device == "cuda" or (device == "auto" and gpus > 0)
+    if nproc is not None:
+        if nproc < 1:
+            raise ValueError(f"--nproc {nproc}: expected at least 1 worker")
+        if use_gpu and nproc > gpus:
+            # Ray would wait forever for GPUs the cluster cannot give (autoscaling aside).
+            print(
+                f"jobs.train: note: --nproc {nproc} GPU workers, cluster has {gpus} GPUs now; "
+                "waiting for the autoscaler",
+                file=sys.stderr,
+            )
+        return Scaling(nproc, use_gpu)
+    return Scaling(gpus if use_gpu else 1, use_gpu)
+
+
+def train_on_ray(
+    cfg: Any, scaling: Scaling, rank_fn: RankFn | None = None, storage_path: str | None = None
+) -> dict[str, Any]:
+    """Run `rank_fn(cfg)` (default: pipeline.trainer.run_rank) on every Ray Train worker.
+
+    Returns rank 0's final report: `{"result": str(whatever rank_fn returned)}` (the MLflow
+    run id for run_rank). Raises the workers' error when training fails.
+    """
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    trainer = TorchTrainer(
+        _train_loop_per_worker,
+        train_loop_config={
+            "config_class": f"{type(cfg).__module__}:{type(cfg).__qualname__}",
+            "config": cfg.model_dump(mode="json"),
+            "rank_fn": rank_fn,
+        },
+        scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu),
+        torch_config=TorchConfig(backend=scaling.backend),
+        run_config=RunConfig(name="facetrain-train", storage_path=storage_path),
+    )
+    result = trainer.fit()
+    return dict(result.metrics or {})
+
+
+def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    import importlib
+
+    import ray.train
+
+    module_name, _, class_name = loop_config["config_class"].partition(":")
+    config_class = getattr(importlib.import_module(module_name), class_name)
+    cfg = config_class.model_validate(loop_config["config"])
+    rank_fn = loop_config["rank_fn"] or _default_rank_fn()
+    returned = rank_fn(cfg)
+    # Every worker reports (Ray Train's report is collective); the Result keeps rank 0's.
+    ray.train.report({"result": "" if returned is None else str(returned)})
+
+
+def _default_rank_fn() -> RankFn:
+    from pipeline.trainer import run_rank
+
+    return run_rank
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import ray
+
+    from jobs.cli import build_parser
+    from jobs.cli.common import UsageError
+    from jobs.config import ConfigError, load_config
+    from pipeline.config import TrainConfig
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(["train", *argv])
+    try:
+        cfg = load_config(TrainConfig, args.config, args.overrides)
+    except ConfigError as err:
+        print(f"jobs.train: error: {err}", file=sys.stderr)
+        return 2
+    # Inside a Ray job RAY_ADDRESS names the cluster; elsewhere this starts a local Ray.
+    ray.init()
+    try:
+        scaling = choose_scaling(
+            cfg.train.device, getattr(args, "nproc", None), ray.cluster_resources()
+        )
+    except (ValueError, UsageError) as err:
+        print(f"jobs.train: error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"jobs.train: {scaling.num_workers} Ray Train worker(s), "
+        f"{'one GPU each (nccl)' if scaling.use_gpu else 'CPU (gloo)'}",
+        file=sys.stderr,
+    )
+    report = train_on_ray(cfg, scaling)
+    if report.get("result"):
+        print(f"MLflow run: {report['result']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
