@@ -123,7 +123,12 @@ class IndexedRecordFile:
             raise RuntimeError("IndexedRecordFile used outside `with`")
         if index not in self.offsets:
             raise RecordIOError(f"{self.rec_path}: record {index} is not in the index")
-        return unpack(read_payload_at(self._handle, self.offsets[index], str(self.rec_path)))
+        return self.read_at(self.offsets[index])
+
+    def read_at(self, offset: int) -> Record:
+        if self._handle is None:
+            raise RuntimeError("IndexedRecordFile used outside `with`")
+        return unpack(read_payload_at(self._handle, offset, str(self.rec_path)))
 
 
 def index_path_for(rec_path: str | Path) -> Path:

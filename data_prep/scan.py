@@ -1,0 +1,148 @@
+"""Scan task: read each listed image once for its content hash and header (no pixel decode).
+
+Its rows feed the planner (dedupe, filters, labels, shards); rows with a `reason` are rejects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from data_prep.align import alignment_matrix, get_template, transform_scale
+from data_prep.config import PrepConfig
+from data_prep.images import ImageError, open_image, read_file
+from data_prep.recordio import IndexedRecordFile, RecordIOError
+from data_prep.sources import Chunk, FolderChunk, RecChunk
+
+REASON_NO_LANDMARKS = "no landmarks"
+REASON_OUTSIDE = "landmarks outside image"
+REASON_DEGENERATE = "degenerate landmarks"
+REASON_BAD_RECORD = "corrupt record"
+
+SCAN_SCHEMA = pa.schema(
+    [
+        ("identity", pa.string()),
+        ("source", pa.string()),
+        ("offset", pa.int64()),  # .rec byte offset; null for files
+        ("sha1", pa.binary(20)),
+        ("bytes", pa.int64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("landmarks", pa.list_(pa.float64(), 10)),
+        ("face_size", pa.float64()),  # source pixels across the output crop
+        ("reason", pa.string()),  # null: usable
+    ]
+)
+
+
+def scan_chunk(chunk: Chunk, config: PrepConfig) -> pa.Table:
+    rows = list(
+        _scan_rec(chunk, config) if isinstance(chunk, RecChunk) else _scan_folder(chunk, config)
+    )
+    return pa.Table.from_pylist(rows, schema=SCAN_SCHEMA)
+
+
+def _row(
+    identity,
+    source,
+    offset=None,
+    data=None,
+    size=(None, None),
+    landmarks=None,
+    face_size=None,
+    reason=None,
+) -> dict:
+    return {
+        "identity": identity,
+        "source": source,
+        "offset": offset,
+        "sha1": hashlib.sha1(data).digest() if data else None,
+        "bytes": len(data) if data is not None else None,
+        "width": size[0],
+        "height": size[1],
+        "landmarks": list(landmarks) if landmarks is not None else None,
+        "face_size": face_size,
+        "reason": reason,
+    }
+
+
+def _scan_folder(chunk: FolderChunk, config: PrepConfig):
+    root = Path(chunk.root)
+    for entry in chunk.entries:
+        try:
+            data = read_file(root / entry.relpath)
+            image = open_image(data, entry.relpath, config.max_image_pixels)
+        except ImageError as err:
+            yield _row(entry.identity, entry.relpath, reason=err.reason)
+            continue
+        size = image.size
+        if config.align == "none":
+            yield _row(entry.identity, entry.relpath, data=data, size=size, face_size=min(size))
+            continue
+        if entry.landmarks is None:
+            yield _row(
+                entry.identity, entry.relpath, data=data, size=size, reason=REASON_NO_LANDMARKS
+            )
+            continue
+        points = np.asarray(entry.landmarks, dtype=np.float64).reshape(5, 2)
+        reason, face_size = landmark_problem(points, size, config.align)
+        yield _row(
+            entry.identity,
+            entry.relpath,
+            data=data,
+            size=size,
+            landmarks=entry.landmarks,
+            face_size=face_size,
+            reason=reason,
+        )
+
+
+def landmark_problem(
+    points: np.ndarray, size: tuple[int, int], template: str
+) -> tuple[str | None, float | None]:
+    """(reject reason or None, face size in source pixels) for five points in an image."""
+    width, height = size
+    if (points < 0).any() or (points[:, 0] > width - 1).any() or (points[:, 1] > height - 1).any():
+        return REASON_OUTSIDE, None
+    try:
+        scale = transform_scale(alignment_matrix(points, template))
+    except (ValueError, np.linalg.LinAlgError):
+        return REASON_DEGENERATE, None
+    if not np.isfinite(scale) or scale <= 0:
+        return REASON_DEGENERATE, None
+    return None, get_template(template).size[0] / scale
+
+
+def _scan_rec(chunk: RecChunk, config: PrepConfig):
+    name = Path(chunk.rec_path).name
+    offsets = dict(chunk.entries)
+    with IndexedRecordFile(chunk.rec_path, offsets) as records:
+        for index, offset in chunk.entries:
+            source = f"{name}#{index}"
+            try:
+                record = records.read(index)
+            except RecordIOError:
+                yield _row("", source, offset=offset, reason=REASON_BAD_RECORD)
+                continue
+            identity = rec_identity(record.label)
+            try:
+                image = open_image(record.payload, source, config.max_image_pixels)
+            except ImageError as err:
+                yield _row(identity, source, offset=offset, reason=err.reason)
+                continue
+            yield _row(
+                identity,
+                source,
+                offset=offset,
+                data=record.payload,
+                size=image.size,
+                face_size=min(image.size),
+            )
+
+
+def rec_identity(label: float) -> str:
+    """Zero-padded, so sorting names keeps the numeric order of the original labels."""
+    return f"{int(label):08d}"

@@ -1,0 +1,245 @@
+"""Shard task: decode -> align -> encode each planned image and write one WebDataset tar.
+
+Atomic: the tar is written under a temporary name and renamed when complete; then a part file
+with its manifest rows, rejects and stats is renamed into `.work/done/`. A shard counts as
+done only when both exist, so a kill -9 at any point leaves it to be redone, never half-used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import webdataset as wds
+from PIL import Image
+
+from data_prep.align import alignment_matrix, get_template, transform_scale, warp_affine
+from data_prep.config import PrepConfig
+from data_prep.images import ImageError, encode_jpeg, load_rgb, open_image, read_file
+from data_prep.recordio import IndexedRecordFile, RecordIOError
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("split", pa.string()),
+        ("shard", pa.string()),
+        ("class", pa.int64()),
+        ("identity", pa.string()),
+        ("source", pa.string()),
+        ("sha1", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("bytes", pa.int64()),
+    ]
+)
+PART_REJECT_SCHEMA = pa.schema(
+    [("source", pa.string()), ("identity", pa.string()), ("reason", pa.string())]
+)
+
+
+class _HashingWriter:
+    """A file wrapper that hashes and counts what passes through (sha256 without a re-read)."""
+
+    def __init__(self, handle) -> None:
+        self.handle, self.sha256, self.bytes = handle, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def part_path(out: Path, shard: str) -> Path:
+    return out / ".work" / "done" / f"{shard}.parquet"
+
+
+def shard_path(out: Path, shard: str) -> Path:
+    return out / "shards" / f"{shard}.tar"
+
+
+def is_done(out: Path, shard: str) -> bool:
+    return part_path(out, shard).is_file() and shard_path(out, shard).is_file()
+
+
+def read_part(out: Path, shard: str) -> tuple[pa.Table, pa.Table, dict]:
+    """(manifest rows, rejects, stats) of a finished shard."""
+    table = pq.read_table(part_path(out, shard))
+    stats = json.loads(table.schema.metadata[b"facetrain.shard"])
+    manifest = table.filter(pa.compute.is_null(table.column("reason"))).select(
+        MANIFEST_SCHEMA.names
+    )
+    rejects = table.filter(pa.compute.is_valid(table.column("reason"))).select(
+        PART_REJECT_SCHEMA.names
+    )
+    return manifest.cast(MANIFEST_SCHEMA), rejects.cast(PART_REJECT_SCHEMA), stats
+
+
+def write_shard(name: str, rows: pa.Table, config: PrepConfig, source_kind: str) -> dict:
+    """Write shard `name` from its plan rows; return its stats (also kept in the part file)."""
+    out = Path(config.out)
+    final_tar = shard_path(out, name)
+    final_tar.parent.mkdir(parents=True, exist_ok=True)
+    tmp_tar = tmp_name(final_tar)
+    records = IndexedRecordFile(config.source, {}) if source_kind == "rec" else None
+    part_rows: list[dict] = []
+    identities: set[str] = set()
+    samples = 0
+    try:
+        if records is not None:
+            records.__enter__()
+        with open(tmp_tar, "wb") as handle:
+            hashing = _HashingWriter(handle)
+            writer = wds.TarWriter(hashing, user="facetrain", group="facetrain", mtime=0.0)
+            for row in rows.to_pylist():
+                base = {
+                    "key": row["key"],
+                    "split": row["split"],
+                    "shard": name,
+                    "class": row["class"],
+                    "identity": row["identity"],
+                    "source": row["source"],
+                }
+                try:
+                    data = _read_source(row, config, records)
+                    jpg, size, matrix = process_image(data, row["landmarks"], config, row["source"])
+                except ImageError as err:
+                    part_rows.append({**base, "reason": err.reason})
+                    continue
+                points = row["landmarks"]
+                writer.write(
+                    {
+                        "__key__": row["key"],
+                        "jpg": jpg,
+                        "cls": str(row["class"]).encode(),
+                        "json": json.dumps(
+                            {
+                                "identity": row["identity"],
+                                "class": row["class"],
+                                "source": row["source"],
+                                "landmarks": np.reshape(points, (5, 2)).tolist()
+                                if points
+                                else None,
+                                "transform": matrix.tolist() if matrix is not None else None,
+                                "template": None if matrix is None else config.align,
+                            },
+                            sort_keys=True,
+                        ).encode(),
+                    }
+                )
+                samples += 1
+                identities.add(row["identity"])
+                part_rows.append(
+                    {
+                        **base,
+                        "sha1": row["sha1"].hex(),
+                        "width": size[0],
+                        "height": size[1],
+                        "bytes": len(jpg),
+                        "reason": None,
+                    }
+                )
+            writer.close()
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_tar, final_tar)
+    finally:
+        if records is not None:
+            records.__exit__(None, None, None)
+        if tmp_tar.exists():
+            tmp_tar.unlink()
+    stats = {
+        "name": f"{name}.tar",
+        "split": rows.column("split")[0].as_py() if rows.num_rows else name.split("-")[0],
+        "samples": samples,
+        "identities": len(identities),
+        "bytes": hashing.bytes,
+        "sha256": hashing.sha256.hexdigest(),
+    }
+    _write_part(out, name, part_rows, stats)
+    return stats
+
+
+def _write_part(out: Path, name: str, part_rows: list[dict], stats: dict) -> None:
+    schema = pa.schema(list(MANIFEST_SCHEMA) + [pa.field("reason", pa.string())]).with_metadata(
+        {"facetrain.shard": json.dumps(stats)}
+    )
+    table = pa.Table.from_pylist(
+        [{field: row.get(field) for field in schema.names} for row in part_rows], schema=schema
+    )
+    final = part_path(out, name)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_name(final)
+    pq.write_table(table, tmp)
+    os.replace(tmp, final)
+
+
+def _read_source(row: dict, config: PrepConfig, records: IndexedRecordFile | None) -> bytes:
+    if records is None:
+        return read_file(Path(config.source) / row["source"])
+    try:
+        return records.read_at(row["offset"]).payload
+    except RecordIOError as err:
+        raise ImageError(row["source"], "corrupt record", str(err)) from err
+
+
+def process_image(
+    data: bytes, landmarks: list[float] | None, config: PrepConfig, name: str
+) -> tuple[bytes, tuple[int, int], np.ndarray | None]:
+    """(JPEG bytes, size, source->output transform or None) of one face."""
+    if config.align == "none" or landmarks is None:
+        return _keep_aligned(data, config, name), _aligned_size(config), None
+    template = get_template(config.align)
+    points = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
+    matrix = alignment_matrix(points, config.align)
+    header = open_image(data, name, config.max_image_pixels)
+    width, height = header.size
+    scale = transform_scale(matrix)  # output pixels per source pixel
+    # Decoding at 1/2..1/8 is lossless for the crop as long as the face keeps >= output size.
+    draft = (math.ceil(width * scale), math.ceil(height * scale)) if scale < 0.5 else None
+    image = load_rgb(data, draft_size=draft, max_pixels=config.max_image_pixels, name=name)
+    reduction = width / image.size[0]
+    if reduction > 1:
+        reduction = 2 ** round(math.log2(reduction))
+        # Pixel j of the reduced image covers source pixels [r*j, r*j + r - 1].
+        local = (points - (reduction - 1) / 2) / reduction
+        warp = alignment_matrix(local, config.align)
+    else:
+        warp = matrix
+    face = warp_affine(image, warp, template.size)
+    return encode_jpeg(face, config.jpeg_quality), template.size, matrix
+
+
+def _aligned_size(config: PrepConfig) -> tuple[int, int]:
+    return get_template("arcface" if config.align == "none" else config.align).size
+
+
+def _keep_aligned(data: bytes, config: PrepConfig, name: str) -> bytes:
+    """Pre-aligned faces: the original JPEG bytes when they already fit, else re-encoded."""
+    size = _aligned_size(config)
+    image = load_rgb(
+        data, max_pixels=config.max_image_pixels, name=name
+    )  # full decode: catches truncation
+    header = open_image(data, name)
+    if header.format == "JPEG" and image.size == size and not config.reencode:
+        return data
+    if image.height == size[1] and image.width > size[0]:
+        # An arcface 112x112 crop holds the sphereface 96x112 one: the template is 8 px left.
+        margin = (image.width - size[0]) // 2
+        image = image.crop((margin, 0, margin + size[0], size[1]))
+    elif image.size != size:
+        image = image.resize(size, Image.Resampling.BILINEAR)
+    return encode_jpeg(image, config.jpeg_quality)
