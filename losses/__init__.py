@@ -1,1 +1,27 @@
-"""losses"""
+"""Pure-PyTorch metric-learning losses, exact in one process and across ranks.
+
+Every loss has the contract `forward(embeddings, labels) -> scalar` and takes a `group`
+(a torch.distributed process group, or None for one process). See docs/losses.md.
+"""
+
+from losses.asoftmax import ASoftmaxLoss
+from losses.center import CenterLoss
+from losses.embedding_head import EmbeddingHead
+from losses.registry import LOSS_TYPES, build_loss
+from losses.sharding import merge_shards, reshard, shard_range, slice_rows
+from losses.softmax import SoftmaxLoss
+from losses.triplet import TripletLoss
+
+__all__ = [
+    "LOSS_TYPES",
+    "ASoftmaxLoss",
+    "CenterLoss",
+    "EmbeddingHead",
+    "SoftmaxLoss",
+    "TripletLoss",
+    "build_loss",
+    "merge_shards",
+    "reshard",
+    "shard_range",
+    "slice_rows",
+]

@@ -1,0 +1,81 @@
+"""A-Softmax (SphereFace, Liu et al. 2017) on a class-sharded layer.
+
+Weights are normalised per class and there is no bias, so a logit is ‖x‖ cos θ_j. The
+target logit becomes ‖x‖ (λ cos θ_y + ψ(θ_y)) / (1 + λ), applied on the rank that owns
+class y only. λ anneals with the number of training-mode forward calls, as in the Caffe
+reference: the counter is incremented first, so the first training call uses iteration 1.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from losses.classifier import ShardedClassifierLoss
+from losses.distributed import ProcessGroup
+from losses.margins import _check_margin, sphereface_lambda, sphereface_psi
+
+
+class ASoftmaxLoss(ShardedClassifierLoss):
+    """SphereFace A-Softmax; `.current_lambda` is the λ of the latest training step."""
+
+    def __init__(
+        self,
+        embedding_size: int,
+        num_classes: int,
+        margin: int = 4,
+        lambda_base: float = 1000.0,
+        lambda_gamma: float = 0.12,
+        lambda_power: float = 1.0,
+        lambda_min: float = 5.0,
+        group: ProcessGroup | None = None,
+        *,
+        seed: int = 0,
+        sample_rate: float = 1.0,
+    ) -> None:
+        super().__init__(
+            embedding_size, num_classes, group=group, seed=seed, sample_rate=sample_rate
+        )
+        _check_margin(margin)
+        self.margin = margin
+        self.lambda_base = lambda_base
+        self.lambda_gamma = lambda_gamma
+        self.lambda_power = lambda_power
+        self.lambda_min = lambda_min
+        # Training-mode forward calls so far; a buffer so checkpoints resume the schedule.
+        self.register_buffer("iteration", torch.zeros((), dtype=torch.int64))
+
+    @property
+    def current_lambda(self) -> float:
+        return sphereface_lambda(
+            int(self.iteration),
+            self.lambda_base,
+            self.lambda_gamma,
+            self.lambda_power,
+            self.lambda_min,
+        )
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        if self.training:
+            self.iteration += 1
+        return super().forward(embeddings, labels)
+
+    def class_logits(
+        self, embeddings_all: Tensor, kept_cols: Tensor | None, target_cols: Tensor
+    ) -> Tensor:
+        weight = self.weight if kept_cols is None else self.weight[kept_cols]
+        logits = embeddings_all @ F.normalize(weight, dim=1).T  # ‖x‖ cos θ_j
+
+        target_rows = (target_cols >= 0).nonzero().squeeze(1)
+        if target_rows.numel() == 0:
+            return logits
+        cols = target_cols[target_rows]
+        norms = embeddings_all[target_rows].norm(dim=1)
+        cos_target = logits[target_rows, cols] / norms
+        lam = self.current_lambda
+        target = norms * (lam * cos_target + sphereface_psi(cos_target, self.margin)) / (1.0 + lam)
+        return logits.index_put((target_rows, cols), target)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, margin={self.margin}, lambda={self.current_lambda:.4g}"

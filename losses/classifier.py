@@ -1,0 +1,132 @@
+"""What the class-sharded classifier losses (softmax, A-Softmax) share.
+
+A subclass only says how logits are made from the global batch and its (sampled) class rows
+(`class_logits`); this base gathers the batch, owns the weight shard, samples classes
+(Partial FC) and takes the distributed softmax cross-entropy.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from losses.cross_entropy import sharded_cross_entropy
+from losses.distributed import ProcessGroup, gather_batch, rank_and_world
+from losses.sampling import remap_target_cols, sample_local_classes
+from losses.sharding import ClassShardedMixin, init_class_rows, shard_range
+
+# Partial FC's initialisation: small enough that the first logits are near zero.
+WEIGHT_INIT_STD = 0.01
+
+
+def check_batch(embeddings: Tensor, labels: Tensor, embedding_size: int | None, owner: str) -> None:
+    """Raise a ValueError naming the bad input when the batch does not fit the loss."""
+    if embeddings.dim() != 2:
+        raise ValueError(
+            f"{owner}: embeddings have shape {tuple(embeddings.shape)}, expected [B, D]"
+        )
+    if embedding_size is not None and embeddings.shape[1] != embedding_size:
+        raise ValueError(
+            f"{owner}: embeddings have {embeddings.shape[1]} features, expected {embedding_size}"
+        )
+    if labels.shape != (embeddings.shape[0],):
+        raise ValueError(
+            f"{owner}: labels have shape {tuple(labels.shape)}, expected [{embeddings.shape[0]}] "
+            "(one class index per embedding)"
+        )
+    if labels.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool):
+        raise ValueError(
+            f"{owner}: labels have dtype {labels.dtype}, expected integer class indices"
+        )
+
+
+def check_label_range(labels: Tensor, num_classes: int, owner: str) -> None:
+    if labels.numel() == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"{owner}: label {bad} is outside 0…{num_classes - 1} (num_classes={num_classes})"
+        )
+
+
+class ShardedClassifierLoss(ClassShardedMixin, nn.Module):
+    """Base of the classifier losses: weight rows for classes class_start…+num_local_classes-1."""
+
+    _class_tensor_names = ("weight",)
+
+    def __init__(
+        self,
+        embedding_size: int,
+        num_classes: int,
+        group: ProcessGroup | None = None,
+        seed: int = 0,
+        sample_rate: float = 1.0,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if embedding_size < 1:
+            raise ValueError(f"{name}: embedding_size={embedding_size}, expected >= 1")
+        if not 0.0 < sample_rate <= 1.0:
+            raise ValueError(f"{name}: sample_rate={sample_rate}, expected a value in (0, 1]")
+        rank, world = rank_and_world(group)
+        self.embedding_size = embedding_size
+        self.num_classes = num_classes
+        self.class_start, self.num_local_classes = shard_range(num_classes, rank, world)
+        self.group = group
+        self.seed = seed
+        self.sample_rate = sample_rate
+        self.weight = nn.Parameter(
+            init_class_rows(
+                seed, self.class_start, self.num_local_classes, embedding_size, WEIGHT_INIT_STD
+            )
+        )
+        self._sampling_generator: torch.Generator | None = None
+        # Global class indices that got logits in the last forward (all local ones at rate 1.0).
+        self.last_sampled_classes: Tensor | None = None
+
+    def class_logits(
+        self, embeddings_all: Tensor, kept_cols: Tensor | None, target_cols: Tensor
+    ) -> Tensor:
+        """Logits [global batch, kept classes]; `kept_cols=None` means every local class."""
+        raise NotImplementedError
+
+    def _generator(self) -> torch.Generator:
+        device = self.weight.device
+        if self._sampling_generator is None or self._sampling_generator.device != device:
+            # Differs per rank (class_start) so shards do not draw in lockstep.
+            self._sampling_generator = torch.Generator(device=device).manual_seed(
+                (self.seed * 1_000_003 + self.class_start + 1) % (2**63)
+            )
+        return self._sampling_generator
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        name = type(self).__name__
+        check_batch(embeddings, labels, self.embedding_size, name)
+        check_label_range(labels, self.num_classes, name)
+        embeddings_all, labels_all, _ = gather_batch(embeddings, labels, self.group)
+
+        local_cols = labels_all - self.class_start
+        is_local = (local_cols >= 0) & (local_cols < self.num_local_classes)
+        target_cols = torch.where(is_local, local_cols, torch.full_like(local_cols, -1))
+
+        kept_cols = None
+        if self.sample_rate < 1.0:
+            kept_cols = sample_local_classes(
+                target_cols, self.num_local_classes, self.sample_rate, self._generator()
+            )
+            target_cols = remap_target_cols(target_cols, kept_cols, self.num_local_classes)
+            self.last_sampled_classes = kept_cols + self.class_start
+        else:
+            self.last_sampled_classes = None
+
+        logits = self.class_logits(embeddings_all, kept_cols, target_cols)
+        return sharded_cross_entropy(logits, target_cols, self.group)
+
+    def extra_repr(self) -> str:
+        return (
+            f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, "
+            f"class_start={self.class_start}, num_local_classes={self.num_local_classes}, "
+            f"sample_rate={self.sample_rate}"
+        )
