@@ -1,0 +1,78 @@
+"""MODEL on the command line -> a torch module, whichever of the accepted forms it takes.
+
+- a checkpoint path (`pipeline.checkpoint.load_backbone`), or a TorchScript file from
+  `facetrain export` (so an exported model can be evaluated like the original);
+- an MLflow run id (32 hex digits) -> `runs:/<id>/model`, the backbone the trainer logged;
+- a `runs:/...` or `models:/name/version` (or `models:/name@alias`) URI -> mlflow.pytorch.
+
+`run_id` is set when MODEL names a run, so evaluation results can be logged onto that run.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+LOGGED_MODEL_NAME = "model"
+
+
+@dataclass
+class LoadedModel:
+    module: torch.nn.Module
+    uri: str  # what was loaded, for logs and MLflow params
+    run_id: str | None = None  # the training run, when MODEL names one
+
+
+def load_model(reference: str, device: str = "cpu") -> LoadedModel:
+    path = Path(reference)
+    if path.exists():
+        if not path.is_file():
+            raise ValueError(f"MODEL {reference}: is a folder, expected a checkpoint file")
+        return LoadedModel(_load_file(path, device), uri=str(path))
+    if RUN_ID.match(reference):
+        uri = f"runs:/{reference}/{LOGGED_MODEL_NAME}"
+        return LoadedModel(_load_mlflow(uri, device), uri=uri, run_id=reference)
+    if reference.startswith("runs:/"):
+        run_id = reference[len("runs:/") :].split("/", 1)[0]
+        return LoadedModel(_load_mlflow(reference, device), uri=reference, run_id=run_id)
+    if reference.startswith("models:/"):
+        return LoadedModel(_load_mlflow(reference, device), uri=reference)
+    raise ValueError(
+        f"MODEL {reference!r}: not an existing file, an MLflow run id (32 hex digits), "
+        f"a runs:/<run_id>/model URI or a models:/<name>/<version> URI"
+    )
+
+
+def is_torchscript(path: Path) -> bool:
+    """TorchScript archives carry compiled `code/`; plain torch.save checkpoints do not."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
+
+
+def _load_file(path: Path, device: str) -> torch.nn.Module:
+    import torch
+
+    if is_torchscript(path):
+        return torch.jit.load(str(path), map_location=device).eval()
+    from pipeline.checkpoint import load_backbone
+
+    return load_backbone(path).to(device).eval()
+
+
+def _load_mlflow(uri: str, device: str) -> torch.nn.Module:
+    import mlflow.pytorch
+
+    try:
+        module = mlflow.pytorch.load_model(uri, map_location=device)
+    except Exception as err:  # mlflow raises its own exception types per store and version
+        raise ValueError(f"MODEL {uri}: could not be loaded from MLflow ({err})") from err
+    return module.eval()
