@@ -1,0 +1,99 @@
+"""Colour modes to 8-bit RGB against numpy references, reduced decoding, and bad files."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_prep.images import (
+    REASON_BOMB,
+    REASON_CORRUPT,
+    REASON_EMPTY,
+    REASON_MISSING,
+    REASON_NOT_IMAGE,
+    REASON_UNREADABLE,
+    ImageError,
+    load_rgb,
+)
+
+
+def _encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def test_grayscale_becomes_three_equal_channels():
+    gray = np.random.default_rng(0).integers(0, 256, (20, 30), dtype=np.uint8)
+    rgb = np.asarray(load_rgb(_encode(Image.fromarray(gray, "L"), "PNG")))
+    assert rgb.shape == (20, 30, 3) and rgb.dtype == np.uint8
+    for channel in range(3):
+        np.testing.assert_array_equal(rgb[..., channel], gray)
+
+
+def test_sixteen_bit_png_keeps_the_top_eight_bits():
+    values = np.random.default_rng(1).integers(0, 65536, (16, 16)).astype(np.uint16)
+    image = Image.fromarray(values)  # I;16
+    rgb = np.asarray(load_rgb(_encode(image, "PNG")))
+    np.testing.assert_array_equal(rgb[..., 0], (values >> 8).astype(np.uint8))
+
+
+def test_rgba_is_composited_over_white():
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 3] = np.array([0, 85, 170, 255])[None, :]
+    rgb = np.asarray(load_rgb(_encode(Image.fromarray(rgba, "RGBA"), "PNG"))).astype(float)
+    alpha = rgba[..., 3] / 255.0
+    expected_red = 200 * alpha + 255 * (1 - alpha)
+    expected_green = 255 * (1 - alpha)
+    assert np.abs(rgb[..., 0] - expected_red).max() <= 1
+    assert np.abs(rgb[..., 1] - expected_green).max() <= 1
+
+
+def test_palette_with_transparency_and_cmyk():
+    palette = Image.new("P", (8, 8), 1)
+    palette.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
+    opaque = np.asarray(load_rgb(_encode(palette, "PNG")))
+    assert (opaque == [10, 20, 30]).all()
+    palette.info["transparency"] = 1
+    see_through = np.asarray(load_rgb(_encode(palette, "PNG", transparency=1)))
+    assert (see_through == 255).all()
+    cmyk = Image.new("CMYK", (8, 8), (0, 255, 255, 0))  # pure red in ink
+    red = np.asarray(load_rgb(_encode(cmyk, "JPEG", quality=100))).astype(int)
+    assert red[..., 0].min() > 240 and red[..., 1:].max() < 15
+
+
+def test_reduced_jpeg_decode_keeps_enough_pixels_and_the_source_size():
+    rng = np.random.default_rng(2)
+    big = Image.fromarray(rng.integers(0, 255, (800, 1000, 3), dtype=np.uint8))
+    data = _encode(big, "JPEG", quality=90)
+    image = load_rgb(data, draft_size=(200, 160))
+    assert image.size == (250, 200)  # 1/4: the largest reduction still >= the requested size
+    assert image.info["source_size"] == (1000, 800)
+    assert load_rgb(data).size == (1000, 800)
+
+
+def test_bad_inputs_raise_with_the_file_and_the_reason(tmp_path):
+    good = _encode(Image.new("RGB", (64, 64), (1, 2, 3)), "JPEG")
+    cases = {
+        "empty.jpg": (b"", REASON_EMPTY),
+        "text.jpg": (b"this is not an image at all", REASON_NOT_IMAGE),
+        "cut.jpg": (good[: len(good) // 2], REASON_CORRUPT),
+    }
+    for name, (data, reason) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ImageError) as caught:
+            load_rgb(tmp_path / name)
+        assert caught.value.reason == reason and name in str(caught.value)
+    with pytest.raises(ImageError) as caught:
+        load_rgb(tmp_path / "absent.jpg")
+    assert caught.value.reason == REASON_MISSING
+    (tmp_path / "folder.jpg").mkdir()
+    with pytest.raises(ImageError) as caught:
+        load_rgb(tmp_path / "folder.jpg")
+    assert caught.value.reason == REASON_UNREADABLE
+    bomb = _encode(Image.new("L", (3000, 3000)), "PNG")
+    with pytest.raises(ImageError) as caught:
+        load_rgb(bomb, max_pixels=1_000_000, name="bomb.png")
+    assert caught.value.reason == REASON_BOMB and "bomb.png" in str(caught.value)

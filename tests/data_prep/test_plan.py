@@ -1,0 +1,133 @@
+"""The planner on hand-made scan tables: dedupe, conflicts, filters, labels, hold-out, shards."""
+
+import hashlib
+
+import pyarrow as pa
+import pytest
+
+from data_prep.config import PrepConfig
+from data_prep.errors import PrepInputError
+from data_prep.plan import (
+    REASON_CONFLICT,
+    REASON_DUPLICATE,
+    REASON_FEW_IMAGES,
+    REASON_OVER_CAP,
+    REASON_SMALL_FACE,
+    make_plan,
+)
+from data_prep.scan import SCAN_SCHEMA
+
+
+def _scan(rows: list[tuple[str, str, str, float]]) -> pa.Table:
+    """(identity, source, content, face size) -> scan rows; equal content = equal hash."""
+    return pa.Table.from_pylist(
+        [
+            {
+                "identity": identity,
+                "source": source,
+                "offset": None,
+                "sha1": hashlib.sha1(content.encode()).digest(),
+                "bytes": 1,
+                "width": 100,
+                "height": 100,
+                "landmarks": [float(v) for v in range(10)],
+                "face_size": size,
+                "reason": None,
+            }
+            for identity, source, content, size in rows
+        ],
+        schema=SCAN_SCHEMA,
+    )
+
+
+def _config(**changes) -> PrepConfig:
+    return PrepConfig(source="s", out="o", **changes)
+
+
+def test_dedupe_conflicts_and_filters():
+    scan = _scan(
+        [
+            ("ann", "ann/1", "a1", 80),
+            ("ann", "ann/2", "a1", 80),
+            ("ann", "ann/3", "a3", 80),
+            ("bob", "bob/1", "shared", 80),
+            ("cat", "cat/1", "shared", 80),
+            ("bob", "bob/2", "b2", 80),
+            ("bob", "bob/3", "b3", 80),
+            ("bob", "bob/4", "b4", 10),
+            ("dan", "dan/1", "d1", 80),
+        ]
+    )
+    plan = make_plan(scan, _config(min_images=2, min_face_size=20))
+    reasons = dict(
+        zip(
+            plan.rejects.column("source").to_pylist(),
+            plan.rejects.column("reason").to_pylist(),
+            strict=True,
+        )
+    )
+    assert reasons == {
+        "ann/2": REASON_DUPLICATE,
+        "bob/1": REASON_CONFLICT,
+        "cat/1": REASON_CONFLICT,
+        "bob/4": REASON_SMALL_FACE,
+        "dan/1": REASON_FEW_IMAGES,
+    }
+    assert plan.classes == {"train": ["ann", "bob"], "val": []}
+    assert sorted(plan.samples.column("source").to_pylist()) == ["ann/1", "ann/3", "bob/2", "bob/3"]
+
+
+def test_cap_is_a_deterministic_subset_by_content_hash():
+    scan = _scan([("ann", f"ann/{i}", f"content{i}", 80) for i in range(10)])
+    plan = make_plan(scan, _config(max_images=4))
+    kept = set(plan.samples.column("source").to_pylist())
+    by_hash = sorted(range(10), key=lambda i: hashlib.sha1(f"content{i}".encode()).digest())
+    assert kept == {f"ann/{i}" for i in by_hash[:4]}
+    assert plan.rejects.column("reason").to_pylist() == [REASON_OVER_CAP] * 6
+
+
+def test_labels_hold_out_and_identity_grouped_shards():
+    names = [f"id{n:02d}" for n in range(20)]
+    scan = _scan(
+        [
+            (name, f"{name}/{i}", f"{name}-{i}", 80)
+            for n, name in enumerate(names)
+            for i in range(1 + n % 4)
+        ]
+    )
+    plan = make_plan(scan, _config(val_identities=5, shard_size=6, seed=3))
+    val, train = plan.classes["val"], plan.classes["train"]
+    assert len(val) == 5 and sorted(val + train) == names and train == sorted(train)
+    rows = plan.samples.to_pylist()
+    for split, names_in_split in (("train", train), ("val", val)):
+        for row in (r for r in rows if r["split"] == split):
+            assert names_in_split[row["class"]] == row["identity"]
+    # Each identity lies in exactly one shard, contiguously; shards respect the size target.
+    seen_shard: dict[str, str] = {}
+    previous = None
+    for row in rows:
+        if row["identity"] != previous:
+            assert row["identity"] not in seen_shard, "identity split or not contiguous"
+            seen_shard[row["identity"]] = row["shard"]
+            previous = row["identity"]
+        assert seen_shard[row["identity"]] == row["shard"]
+    for spec in plan.shards:
+        assert spec.stop - spec.start <= 6
+    # Same inputs and seed: the same plan (what resuming relies on); another seed: another order.
+    assert make_plan(scan, _config(val_identities=5, shard_size=6, seed=3)).samples.equals(
+        plan.samples
+    )
+    other = make_plan(scan, _config(val_identities=5, shard_size=6, seed=4))
+    assert (
+        other.samples.column("identity").to_pylist() != plan.samples.column("identity").to_pylist()
+    )
+
+
+def test_named_hold_out_and_impossible_hold_out():
+    scan = _scan([("ann", "ann/1", "a", 80), ("bob", "bob/1", "b", 80), ("cat", "cat/1", "c", 80)])
+    plan = make_plan(scan, _config(val_identities=["bob"]))
+    assert plan.classes == {"train": ["ann", "cat"], "val": ["bob"]}
+    with pytest.raises(PrepInputError, match="zed"):
+        make_plan(scan, _config(val_identities=["zed"]))
+    with pytest.raises(PrepInputError, match="none would be left"):
+        make_plan(scan, _config(val_identities=3))
