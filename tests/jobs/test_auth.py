@@ -62,8 +62,12 @@ def test_header_is_a_bearer_token():
 
 
 def test_failure_lines_name_the_source_and_the_remedy():
-    missing = describe_auth_failure("http://h:8265", ClusterToken(None, "no RAY_AUTH_TOKEN, ..."), rejected=False)
-    rejected = describe_auth_failure("http://h:8265", ClusterToken("x", "RAY_AUTH_TOKEN"), rejected=True)
+    missing = describe_auth_failure(
+        "http://h:8265", ClusterToken(None, "no RAY_AUTH_TOKEN, ..."), rejected=False
+    )
+    rejected = describe_auth_failure(
+        "http://h:8265", ClusterToken("x", "RAY_AUTH_TOKEN"), rejected=True
+    )
     for line in (missing, rejected):
         assert "\n" not in line
         assert "RAY_AUTH_TOKEN=" in line and "~/.ray/auth_token" in line

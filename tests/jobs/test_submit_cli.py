@@ -26,15 +26,22 @@ class _Head:
                 auth = self.headers.get("Authorization")
                 head.seen_auth.append(auth)
                 if head.status != 200:
-                    self._reply(head.status, "text/plain", b"Unauthorized: Missing authentication token")
+                    self._reply(
+                        head.status, "text/plain", b"Unauthorized: Missing authentication token"
+                    )
                 elif head.want_token and auth != f"Bearer {head.want_token}":
                     self._reply(403, "text/plain", b"Forbidden: Invalid authentication token")
                 elif self.path == "/api/version":
                     body = {"version": "4", "ray_version": "2.60.0", "ray_commit": "x"}
                     self._reply(200, "application/json", json.dumps(body).encode())
                 elif self.path == f"/api/jobs/{JOB}":
-                    body = {"type": "SUBMISSION", "submission_id": JOB, "status": "FAILED",
-                            "entrypoint": "python -m jobs.prep", "driver_exit_code": 2}
+                    body = {
+                        "type": "SUBMISSION",
+                        "submission_id": JOB,
+                        "status": "FAILED",
+                        "entrypoint": "python -m jobs.prep",
+                        "driver_exit_code": 2,
+                    }
                     self._reply(200, "application/json", json.dumps(body).encode())
                 else:
                     self._reply(404, "text/plain", b"Job does not exist")
@@ -104,7 +111,9 @@ def test_403_names_the_token_file_that_was_sent(no_token_env, tmp_path, monkeypa
     assert head.seen_auth == ["Bearer wrong-token"]
 
 
-def test_token_from_default_file_is_sent_and_status_reports_the_outcome(no_token_env, tmp_path, capsys):
+def test_token_from_default_file_is_sent_and_status_reports_the_outcome(
+    no_token_env, tmp_path, capsys
+):
     (tmp_path / "home" / ".ray").mkdir(parents=True)
     (tmp_path / "home" / ".ray" / "auth_token").write_text("right-token")
     head = _Head(200, want_token="right-token")
@@ -130,7 +139,9 @@ def test_head_without_auth_gets_no_header(no_token_env, capsys):
 def test_unknown_job_and_unreachable_head_are_one_line_errors(no_token_env, capsys):
     head = _Head(200)
     try:
-        code, _, err = _run(["submit", "status", "raysubmit_nope", "--address", head.address], capsys)
+        code, _, err = _run(
+            ["submit", "status", "raysubmit_nope", "--address", head.address], capsys
+        )
     finally:
         head.close()
     assert code == 1 and len(err.strip().splitlines()) == 1 and "404" in err

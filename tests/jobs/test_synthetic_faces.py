@@ -74,7 +74,9 @@ def test_landmark_order_is_left_eye_right_eye_nose_mouth():
 
 
 def test_written_dataset_matches_renderer_and_lfw_layout(tmp_path):
-    dataset = write_dataset(tmp_path, identities=[4, 9], images=(2, 4), size=96, seed=3, progress=False)
+    dataset = write_dataset(
+        tmp_path, identities=[4, 9], images=(2, 4), size=96, seed=3, progress=False
+    )
     rows = [line.split() for line in dataset.landmarks.read_text().splitlines()]
     assert len(rows) == dataset.total == sum(dataset.counts.values())
     assert all(len(row) == 11 for row in rows)
