@@ -1,0 +1,133 @@
+"""The MLflow UI, looked at: two finished runs are listed and their metric is charted.
+
+A real `mlflow server` on 127.0.0.1 over a store the test fills, opened in headless Chromium.
+The page is a React app that fetches after load: `--virtual-time-budget` lets it finish
+rendering before the DOM is dumped. The screenshot lands in test-artifacts/ for people to see.
+Skipped only when Chromium is not installed (`apt-get install chromium`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+RUNS = {"ui-run-slow": 0.5, "ui-run-fast": 0.8}
+METRIC = "train_loss"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)"),
+]
+
+
+def _fill_store(tracking_uri: str, artifacts: Path) -> str:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment_id = client.create_experiment("ui-check", artifact_location=artifacts.as_uri())
+    for name, rate in RUNS.items():
+        run = client.create_run(experiment_id, run_name=name)
+        client.log_param(run.info.run_id, "lr", rate)
+        for step in range(20):
+            client.log_metric(run.info.run_id, METRIC, 3.0 * (1 - rate) ** (step / 5), step=step)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    return experiment_id
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_healthy(url: str, server: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"mlflow server exited early with code {server.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"mlflow server at {url} not healthy after {timeout:.0f}s")
+
+
+def _stop(server: subprocess.Popen) -> None:
+    # The server runs uvicorn workers under it: end the whole session we started, by its id.
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
+def _chromium(url: str, profile: Path, *mode: str) -> subprocess.CompletedProcess:
+    command = [
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={profile}", "--window-size=1600,1000", "--hide-scrollbars",
+        "--virtual-time-budget=20000", *mode, url,
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=180)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id = _fill_store(tracking_uri, tmp_path / "artifacts")
+    port = _free_port()
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no background job workers
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
+         "--default-artifact-root", (tmp_path / "artifacts").as_uri(),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, server, timeout=120)
+        yield url, experiment_id
+    finally:
+        _stop(server)
+        log.close()
+
+
+def test_experiment_page_lists_both_runs_and_charts_their_metric(mlflow_server, tmp_path):
+    url, experiment_id = mlflow_server
+    # The runs page in chart mode: the run list on the left, one chart per logged metric.
+    page = f"{url}/#/experiments/{experiment_id}/runs?compareRunsMode=CHART"
+    dom = _chromium(page, tmp_path / "profile-dom", "--dump-dom").stdout
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style).*?</\1>", "", dom, flags=re.S)))
+
+    assert "2 matching runs" in text, text[:2000]
+    for name in RUNS:
+        assert name in text
+        # The chart legend names each run's trace of the metric.
+        assert f"{name} ({METRIC})" in text
+    assert "js-plotly-plot" in dom  # a rendered plotly chart, not an empty placeholder
+    assert re.search(r"Model metrics \(1\)", text)
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "mlflow-ui-runs-chart.png"
+    screenshot.unlink(missing_ok=True)
+    _chromium(page, tmp_path / "profile-shot", f"--screenshot={screenshot}")
+    assert screenshot.is_file() and screenshot.stat().st_size > 20_000
