@@ -1,0 +1,52 @@
+"""benchmarks/run_all.py: finds every benchmark, runs each apart, keeps going past failures."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run_all():
+    spec = importlib.util.spec_from_file_location("run_all", REPO / "benchmarks" / "run_all.py")
+    module = sys.modules["run_all"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+FAKES = {
+    "fast": 'def main(argv=None):\n    return "## fast\\n\\n| x | ratio |\\n|---|---|\\n| " + " ".join(argv or ["full"]) + " | 1.0 |"\n',
+    "broken": 'def main(argv=None):\n    raise RuntimeError("disk full in shard 3")\n',
+    "crashes": 'import os\n\ndef main(argv=None):\n    os._exit(7)\n',
+    "helper": "VALUE = 1  # no main(): not a benchmark\n",
+    "lfw": 'def main(argv=None):\n    return "## lfw"\n',
+}
+
+
+def test_run_all_records_failures_and_keeps_going(tmp_path):
+    run_all = _run_all()
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    for name, source in FAKES.items():
+        (folder / f"{name}.py").write_text(source)
+    report = tmp_path / "BENCHMARKS.md"
+    report.write_text("# Benchmarks\n\n<!-- section:kept -->\nwritten by hand\n<!-- /section:kept -->\n")
+
+    assert run_all.discover(folder) == ["broken", "crashes", "fast", "lfw"]
+    summary = run_all.main(["--quick", "--folder", str(folder), "--out", str(report), "--timeout", "120"])
+
+    text = report.read_text()
+    assert "written by hand" in text  # other sections are left alone
+    assert "| --quick | 1.0 |" in text  # --quick reached the benchmark, its table is in
+    assert "disk full in shard 3" in text and "RuntimeError" in text
+    assert "`crashes` | **failed**: exited with code 7" in summary
+    assert "## lfw" not in text  # only when named
+    for key in ("CPU", "cores", "memory", "torch", "Python", "date (UTC)"):
+        assert f"| {key} |" in text
+    # A second run replaces its sections instead of appending new copies.
+    run_all.main(["--only", "fast", "--folder", str(folder), "--out", str(report)])
+    text = report.read_text()
+    assert text.count("<!-- section:fast -->") == 1 and "| full | 1.0 |" in text
+    assert "disk full in shard 3" in text  # untouched: not run this time
