@@ -56,33 +56,52 @@ def choose_scaling(
 
 def train_on_ray(
     cfg: Any, scaling: Scaling, rank_fn: RankFn | None = None, storage_path: str | None = None
-) -> dict[str, Any]:
+) -> str | None:
     """Run `rank_fn(cfg)` (default: pipeline.trainer.run_rank) on every Ray Train worker.
 
-    Returns rank 0's final report: `{"result": str(whatever rank_fn returned)}` (the MLflow
-    run id for run_rank). Raises the workers' error when training fails.
+    Returns what rank 0's `rank_fn` returned, as text (the MLflow run id for run_rank), or
+    None. Raises the workers' error when training fails.
     """
+    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    # Ray Train keeps only metrics attached to checkpoints; rank 0's answer comes back
+    # through a small actor instead, which works on any number of nodes.
+    outcome = ray.remote(num_cpus=0)(_Outcome).remote()
     trainer = TorchTrainer(
         _train_loop_per_worker,
         train_loop_config={
             "config_class": f"{type(cfg).__module__}:{type(cfg).__qualname__}",
             "config": cfg.model_dump(mode="json"),
             "rank_fn": rank_fn,
+            "outcome": outcome,
         },
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu),
         torch_config=TorchConfig(backend=scaling.backend),
         run_config=RunConfig(name="facetrain-train", storage_path=storage_path),
     )
-    result = trainer.fit()
-    return dict(result.metrics or {})
+    trainer.fit()
+    return ray.get(outcome.get.remote())
+
+
+class _Outcome:
+    """Holds rank 0's return value for the driver."""
+
+    def __init__(self) -> None:
+        self.value: str | None = None
+
+    def put(self, value: str | None) -> None:
+        self.value = value
+
+    def get(self) -> str | None:
+        return self.value
 
 
 def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import importlib
 
+    import ray
     import ray.train
 
     module_name, _, class_name = loop_config["config_class"].partition(":")
@@ -90,8 +109,8 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cfg = config_class.model_validate(loop_config["config"])
     rank_fn = loop_config["rank_fn"] or _default_rank_fn()
     returned = rank_fn(cfg)
-    # Every worker reports (Ray Train's report is collective); the Result keeps rank 0's.
-    ray.train.report({"result": "" if returned is None else str(returned)})
+    if ray.train.get_context().get_world_rank() == 0:
+        ray.get(loop_config["outcome"].put.remote(None if returned is None else str(returned)))
 
 
 def _default_rank_fn() -> RankFn:
@@ -129,9 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{'one GPU each (nccl)' if scaling.use_gpu else 'CPU (gloo)'}",
         file=sys.stderr,
     )
-    report = train_on_ray(cfg, scaling)
-    if report.get("result"):
-        print(f"MLflow run: {report['result']}")
+    run_id = train_on_ray(cfg, scaling)
+    if run_id:
+        print(f"MLflow run: {run_id}")
     return 0
 
 

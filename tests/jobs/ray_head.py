@@ -35,6 +35,7 @@ class RayHead:
     root: Path
     token: str
     dashboard_port: int
+    gcs_port: int
     process: subprocess.Popen
     log_path: Path
     env: dict[str, str] = field(repr=False)
@@ -91,14 +92,14 @@ def start_head(num_cpus: int = 2, timeout_s: float = 120.0) -> RayHead:
         PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
         OMP_NUM_THREADS="1",
     )
-    dashboard_port = free_port()
+    dashboard_port, gcs_port = free_port(), free_port()
     command = [
         str(VENV_BIN / "ray"),
         "start",
         "--head",
         "--block",
         "--node-ip-address=127.0.0.1",
-        f"--port={free_port()}",
+        f"--port={gcs_port}",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard_port}",
         f"--dashboard-agent-listen-port={free_port()}",
@@ -116,7 +117,7 @@ def start_head(num_cpus: int = 2, timeout_s: float = 120.0) -> RayHead:
         process = subprocess.Popen(
             command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root
         )
-    head = RayHead(root, token, dashboard_port, process, log_path, env)
+    head = RayHead(root, token, dashboard_port, gcs_port, process, log_path, env)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:

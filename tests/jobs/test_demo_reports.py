@@ -19,7 +19,7 @@ def _run_all():
 FAKES = {
     "fast": 'def main(argv=None):\n    return "## fast\\n\\n| x | ratio |\\n|---|---|\\n| " + " ".join(argv or ["full"]) + " | 1.0 |"\n',
     "broken": 'def main(argv=None):\n    raise RuntimeError("disk full in shard 3")\n',
-    "crashes": 'import os\n\ndef main(argv=None):\n    os._exit(7)\n',
+    "crashes": "import os\n\ndef main(argv=None):\n    os._exit(7)\n",
     "helper": "VALUE = 1  # no main(): not a benchmark\n",
     "lfw": 'def main(argv=None):\n    return "## lfw"\n',
 }
@@ -32,10 +32,14 @@ def test_run_all_records_failures_and_keeps_going(tmp_path):
     for name, source in FAKES.items():
         (folder / f"{name}.py").write_text(source)
     report = tmp_path / "BENCHMARKS.md"
-    report.write_text("# Benchmarks\n\n<!-- section:kept -->\nwritten by hand\n<!-- /section:kept -->\n")
+    report.write_text(
+        "# Benchmarks\n\n<!-- section:kept -->\nwritten by hand\n<!-- /section:kept -->\n"
+    )
 
     assert run_all.discover(folder) == ["broken", "crashes", "fast", "lfw"]
-    summary = run_all.main(["--quick", "--folder", str(folder), "--out", str(report), "--timeout", "120"])
+    summary = run_all.main(
+        ["--quick", "--folder", str(folder), "--out", str(report), "--timeout", "120"]
+    )
 
     text = report.read_text()
     assert "written by hand" in text  # other sections are left alone

@@ -29,7 +29,9 @@ METRIC = "train_loss"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)"),
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)"
+    ),
 ]
 
 
@@ -116,7 +118,11 @@ def test_experiment_page_lists_both_runs_and_charts_their_metric(mlflow_server, 
     # The runs page in chart mode: the run list on the left, one chart per logged metric.
     page = f"{url}/#/experiments/{experiment_id}/runs?compareRunsMode=CHART"
     dom = _chromium(page, tmp_path / "profile-dom", "--dump-dom").stdout
-    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style).*?</\1>", "", dom, flags=re.S)))
+    text = re.sub(
+        r"\s+",
+        " ",
+        re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style).*?</\1>", "", dom, flags=re.S)),
+    )
 
     assert "2 matching runs" in text, text[:2000]
     for name in RUNS:

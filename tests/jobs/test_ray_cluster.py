@@ -152,3 +152,43 @@ def test_missing_or_wrong_token_is_one_line(head, token_env, monkeypatch, token,
 def test_head_listens_on_loopback_only(head):
     assert head.pids()
     assert head.non_loopback_sockets() == []
+
+
+TRAIN_DRIVER = """
+import sys
+import torch
+import torch.distributed as dist
+from jobs.train import Scaling, train_on_ray
+from pipeline.config import TrainConfig
+
+def rank_fn(cfg):
+    # Each rank adds rank + 1: 1 + 2 with two workers, if they share a gloo group.
+    total = torch.tensor([dist.get_rank() + 1.0])
+    dist.all_reduce(total)
+    return f"{dist.get_backend()}:{dist.get_world_size()}:{total.item():g}:{cfg.train.steps}"
+
+cfg = TrainConfig.model_validate({
+    "data": {"shards": "/nowhere"}, "loss": [{"type": "softmax"}], "train": {"steps": 7},
+})
+result = train_on_ray(cfg, Scaling(num_workers=2, use_gpu=False), rank_fn=rank_fn,
+                      storage_path=sys.argv[1])
+print("RANK0", result)
+"""
+
+
+def test_torch_trainer_runs_the_rank_function_on_two_gloo_workers(head, tmp_path):
+    import subprocess
+    import sys
+
+    env = dict(head.env, RAY_ADDRESS=f"127.0.0.1:{head.gcs_port}")
+    done = subprocess.run(
+        [sys.executable, "-c", TRAIN_DRIVER, str(tmp_path / "ray-results")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "RANK0 gloo:2:3:7" in done.stdout
+    assert head.non_loopback_sockets() == []
