@@ -47,7 +47,8 @@ def export_torchscript(
     # stacks load, so the warning is expected noise here.
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore", DeprecationWarning)
-        traced = torch.jit.trace(model, example)
+        scripted = isinstance(model, torch.jit.ScriptModule)  # already TorchScript: save as is
+        traced = model if scripted else torch.jit.trace(model, example)
         torch.jit.save(traced, str(path))
         reloaded = torch.jit.load(str(path))
         checked = _example_batch(batch_size=3, seed=1)  # another batch size than the trace

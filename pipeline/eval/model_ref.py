@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +63,9 @@ def _load_file(path: Path, device: str) -> torch.nn.Module:
     import torch
 
     if is_torchscript(path):
-        return torch.jit.load(str(path), map_location=device).eval()
+        with warnings.catch_warnings():  # deprecated in favour of torch.export, still supported
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.load(str(path), map_location=device).eval()
     from pipeline.checkpoint import load_backbone
 
     return load_backbone(path).to(device).eval()
@@ -75,4 +78,36 @@ def _load_mlflow(uri: str, device: str) -> torch.nn.Module:
         module = mlflow.pytorch.load_model(uri, map_location=device)
     except Exception as err:  # mlflow raises its own exception types per store and version
         raise ValueError(f"MODEL {uri}: could not be loaded from MLflow ({err})") from err
-    return module.eval()
+    try:
+        return module.eval()
+    except (NotImplementedError, RuntimeError):
+        # mlflow's "pt2" format loads a torch.export graph: its mode is fixed at export time.
+        return _exported_backbone(module)
+
+
+def _exported_backbone(exported: torch.nn.Module) -> torch.nn.Module:
+    """Adapt a torch.export module: no train/eval switch, and a batch size that may be fixed
+    (exported from a one-row input example), in which case rows are run one at a time."""
+    import torch
+
+    class ExportedBackbone(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.exported = exported
+            self.one_row_at_a_time = False
+
+        def train(self, mode: bool = True):
+            self.training = mode  # the graph's own mode was fixed when it was exported
+            return self
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            if not self.one_row_at_a_time:
+                try:
+                    return self.exported(images)
+                except (AssertionError, RuntimeError):
+                    if images.shape[0] == 1:
+                        raise
+                    self.one_row_at_a_time = True
+            return torch.cat([self.exported(images[row : row + 1]) for row in range(images.shape[0])])
+
+    return ExportedBackbone()
