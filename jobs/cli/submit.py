@@ -45,7 +45,6 @@ def register(subparsers) -> None:
         module.register(commands)
         target = commands.choices[name]
         _retarget_help(commands, name, f"submit `facetrain {name}` as a Ray job")
-        _add_submit_options(target)
         _route_to_submit(target, name, entrypoint)
 
     for name, help_text in (
@@ -137,13 +136,17 @@ def _route_to_submit(
     parser.set_defaults(
         func=run_submit, submit_command=name, submit_entrypoint=entrypoint, submit_parser=target
     )
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            if action.dest == argparse.SUPPRESS:
-                # rebuild_argv finds the chosen subcommand by its dest.
-                action.dest = f"submit_{name}_subcommand"
-            for subparser in action.choices.values():
-                _route_to_submit(subparser, name, entrypoint, target)
+    nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not nested:
+        # Submit options go on the innermost parser (`submit eval verify ... --address URL`):
+        # a subparser's defaults would overwrite values given before its name.
+        _add_submit_options(parser)
+    for action in nested:
+        if action.dest == argparse.SUPPRESS:
+            # rebuild_argv finds the chosen subcommand by its dest.
+            action.dest = f"submit_{name}_subcommand"
+        for subparser in action.choices.values():
+            _route_to_submit(subparser, name, entrypoint, target)
 
 
 def job_command(args: argparse.Namespace, working_dir=None) -> list[str]:
