@@ -83,6 +83,8 @@ def read_embeddings(path: str | Path) -> EmbeddingTable:
         return EmbeddingTable(keys, embeddings)
     if path.suffix != ".parquet":
         raise ValueError(f"embeddings file {path}: expected a .parquet or .npz file")
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
@@ -93,12 +95,17 @@ def read_embeddings(path: str | Path) -> EmbeddingTable:
             f"expected 'key' (string) and 'embedding' (list of floats)"
         )
     keys = [str(key) for key in table.column("key").to_pylist()]
-    vectors = table.column("embedding").to_pylist()
-    lengths = {len(vector) for vector in vectors if vector is not None}
-    if any(vector is None for vector in vectors) or len(lengths) > 1:
+    column = table.column("embedding").combine_chunks()
+    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
+            or pa.types.is_fixed_size_list(column.type)):
+        raise ValueError(f"embeddings file {path}: 'embedding' is {column.type}, expected a list of floats")
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    if column.null_count or len(set(lengths.tolist())) > 1:
         raise ValueError(
             f"embeddings file {path}: every 'embedding' must be a list of the same length, "
-            f"found lengths {sorted(lengths)} and {sum(v is None for v in vectors)} null(s)"
+            f"found lengths {sorted(set(lengths.tolist()) - {None})} and {column.null_count} null(s)"
         )
-    embeddings = np.asarray(vectors, dtype=np.float32).reshape(len(keys), -1)
+    # flatten() honours list offsets (a sliced column), so rows stay aligned with keys.
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    embeddings = np.asarray(values, dtype=np.float32).reshape(len(keys), -1)
     return EmbeddingTable(keys, embeddings)

@@ -21,9 +21,13 @@ def test_round_trip(tmp_path, suffix):
 
 def test_reads_parquet_written_by_other_tools_as_plain_lists(tmp_path):
     path = tmp_path / "other.parquet"
-    pq.write_table(pa.table({"key": ["a/1.jpg", "b/1.jpg"], "embedding": [[1.0, 2.0], [3.0, 4.0]]}), path)
+    vectors = [[float(row), float(row) + 0.5] for row in range(5)]
+    keys = [f"p{row}/1.jpg" for row in range(5)]
+    # float64 lists in several row groups (several chunks once read back)
+    pq.write_table(pa.table({"key": keys, "embedding": vectors}), path, row_group_size=2)
     loaded = read_embeddings(path)
-    np.testing.assert_array_equal(loaded.embeddings, [[1, 2], [3, 4]])
+    assert loaded.keys == keys
+    np.testing.assert_array_equal(loaded.embeddings, vectors)
 
 
 def test_bad_files_are_named(tmp_path):
