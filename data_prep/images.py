@@ -85,7 +85,13 @@ def load_rgb(
         data, name = bytes(source), name or "<bytes>"
     else:
         data, name = read_file(source), name or str(source)
-    image = open_image(data, name, max_pixels)
+    return decode_rgb(open_image(data, name, max_pixels), name, draft_size=draft_size)
+
+
+def decode_rgb(
+    image: Image.Image, name: str, draft_size: tuple[int, int] | None = None
+) -> Image.Image:
+    """Decode an image opened by `open_image` (header parsed once) to 8-bit RGB."""
     source_size = image.size
     if draft_size is not None and image.format == "JPEG":
         image.draft("RGB", (max(1, int(draft_size[0])), max(1, int(draft_size[1]))))

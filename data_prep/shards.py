@@ -22,7 +22,7 @@ from PIL import Image
 
 from data_prep.align import alignment_matrix, get_template, transform_scale, warp_affine
 from data_prep.config import PrepConfig
-from data_prep.images import ImageError, encode_jpeg, load_rgb, open_image, read_file
+from data_prep.images import ImageError, decode_rgb, encode_jpeg, open_image, read_file
 from data_prep.recordio import IndexedRecordFile, RecordIOError
 
 MANIFEST_SCHEMA = pa.schema(
@@ -103,7 +103,8 @@ def write_shard(name: str, rows: pa.Table, config: PrepConfig, source_kind: str)
             records.__enter__()
         with open(tmp_tar, "wb") as handle:
             hashing = _HashingWriter(handle)
-            writer = wds.TarWriter(hashing, user="facetrain", group="facetrain", mtime=0.0)
+            # An int mtime: a float one costs a pax header per member (and bytes per sample).
+            writer = wds.TarWriter(hashing, user="facetrain", group="facetrain", mtime=0)
             for row in rows.to_pylist():
                 base = {
                     "key": row["key"],
@@ -210,7 +211,7 @@ def process_image(
     scale = transform_scale(matrix)  # output pixels per source pixel
     # Decoding at 1/2..1/8 is lossless for the crop as long as the face keeps >= output size.
     draft = (math.ceil(width * scale), math.ceil(height * scale)) if scale < 0.5 else None
-    image = load_rgb(data, draft_size=draft, max_pixels=config.max_image_pixels, name=name)
+    image = decode_rgb(header, name, draft_size=draft)
     reduction = width / image.size[0]
     if reduction > 1:
         reduction = 2 ** round(math.log2(reduction))
@@ -230,11 +231,10 @@ def _aligned_size(config: PrepConfig) -> tuple[int, int]:
 def _keep_aligned(data: bytes, config: PrepConfig, name: str) -> bytes:
     """Pre-aligned faces: the original JPEG bytes when they already fit, else re-encoded."""
     size = _aligned_size(config)
-    image = load_rgb(
-        data, max_pixels=config.max_image_pixels, name=name
-    )  # full decode: catches truncation
-    header = open_image(data, name)
-    if header.format == "JPEG" and image.size == size and not config.reencode:
+    header = open_image(data, name, config.max_image_pixels)
+    is_jpeg = header.format == "JPEG"
+    image = decode_rgb(header, name)  # a full decode even to pass through: catches truncation
+    if is_jpeg and image.size == size and not config.reencode:
         return data
     if image.height == size[1] and image.width > size[0]:
         # An arcface 112x112 crop holds the sphereface 96x112 one: the template is 8 px left.

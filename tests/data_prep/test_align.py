@@ -24,6 +24,17 @@ def _lstsq_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.array([[a, -b, tx], [b, a, ty]])
 
 
+def _umeyama_svd(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Umeyama's general SVD form, with its reflection guard."""
+    src_mean, dst_mean = src.mean(0), dst.mean(0)
+    covariance = (dst - dst_mean).T @ (src - src_mean) / len(src)
+    u, singular, vt = np.linalg.svd(covariance)
+    sign = np.diag([1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt))])
+    rotation = u @ sign @ vt
+    scale = np.trace(np.diag(singular) @ sign) / ((src - src_mean) ** 2).sum(1).mean()
+    return np.hstack([scale * rotation, (dst_mean - scale * rotation @ src_mean)[:, None]])
+
+
 def _bilinear_warp_reference(
     pixels: np.ndarray, matrix: np.ndarray, size: tuple[int, int]
 ) -> np.ndarray:

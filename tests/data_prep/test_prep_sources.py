@@ -194,7 +194,9 @@ def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list((out / ".work" / "done").glob("train-*.parquet")):
+    while time.monotonic() < deadline and not list(
+        (out / ".work" / "done").glob("train-*.parquet")
+    ):
         time.sleep(0.005)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()

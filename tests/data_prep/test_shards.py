@@ -8,7 +8,7 @@ from PIL import Image
 from data_prep import shards
 from data_prep.align import TEMPLATES, align_face
 from data_prep.config import PrepConfig
-from data_prep.images import load_rgb
+from data_prep.images import decode_rgb, load_rgb
 from tests.data_prep.synth import dot_centres, face_image, jpeg_bytes
 
 
@@ -19,12 +19,12 @@ def test_reduced_decode_matches_full_resolution_alignment(monkeypatch):
     data = jpeg_bytes(face_image(points, (1800, 1400), seed=3, radius=25), quality=95)
     decoded_sizes = []
 
-    def recording_load_rgb(*args, **kwargs):
-        image = load_rgb(*args, **kwargs)
+    def recording_decode_rgb(*args, **kwargs):
+        image = decode_rgb(*args, **kwargs)
         decoded_sizes.append(image.size)
         return image
 
-    monkeypatch.setattr(shards, "load_rgb", recording_load_rgb)
+    monkeypatch.setattr(shards, "decode_rgb", recording_decode_rgb)
     config = PrepConfig(source="s", out="o")
     jpg, size, matrix = shards.process_image(data, points.ravel().tolist(), config, "big.jpg")
     # The face spans 7x the output: 1/4 is the largest reduction that keeps >= 1/7 of the size.

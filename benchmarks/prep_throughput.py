@@ -1,0 +1,261 @@
+"""Prep throughput: facetrain's Ray-task prep vs a bare multiprocessing.Pool, same cores, same run.
+
+Both sides do decode -> align (5-point similarity, arcface 112x112) -> JPEG encode on the same
+images with the same function (`data_prep.shards.process_image`); the Ray side also writes the
+tar shards and part files, so the ratio is conservative. Images: a subset of real LFW
+(../shared/data/lfw) when present, else synthetic faces. Also compares PIL with OpenCV for the
+per-image work in one process, when cv2 is installed.
+
+    python benchmarks/prep_throughput.py [--images 4000] [--workers N] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+LFW = REPO.parent / "shared" / "data" / "lfw"
+
+
+def _lfw_subset(workdir: Path, images: int) -> tuple[Path, Path, str]:
+    from data_prep.landmarks import read_landmarks
+
+    points = read_landmarks(LFW / "landmarks.txt")
+    root = workdir / "faces"
+    root.mkdir()
+    by_identity: dict[str, list[str]] = {}
+    for relpath in points:
+        by_identity.setdefault(relpath.split("/")[0], []).append(relpath)
+    chosen: list[str] = []
+    for identity in sorted(by_identity):
+        if len(chosen) >= images:
+            break
+        if (LFW / "images" / identity).is_dir():
+            (root / identity).symlink_to(LFW / "images" / identity)
+            chosen += [p for p in by_identity[identity] if (LFW / "images" / p).is_file()]
+    lines = "".join(
+        p + " " + " ".join(f"{v:.2f}" for v in points[p].ravel()) + "\n" for p in chosen
+    )
+    (workdir / "landmarks.txt").write_text(lines)
+    return root, workdir / "landmarks.txt", f"LFW subset ({len(chosen)} images, 150x150 JPEG)"
+
+
+def _synthetic(workdir: Path, images: int) -> tuple[Path, Path, str]:
+    from PIL import Image
+
+    from data_prep.align import TEMPLATES
+
+    rng = np.random.default_rng(0)
+    root = workdir / "faces"
+    lines = []
+    for index in range(images):
+        identity = f"id{index // 4:05d}"
+        (root / identity).mkdir(parents=True, exist_ok=True)
+        coarse = rng.uniform(0, 255, (8, 8, 3)).astype(np.uint8)
+        Image.fromarray(coarse).resize((250, 250), Image.BICUBIC).save(
+            root / identity / f"{index}.jpg", quality=90
+        )
+        points = TEMPLATES["arcface"].points * 1.6 + rng.uniform(20, 40, 2)
+        lines.append(
+            f"{identity}/{index}.jpg " + " ".join(f"{v:.2f}" for v in points.ravel()) + "\n"
+        )
+    (workdir / "landmarks.txt").write_text("".join(lines))
+    return root, workdir / "landmarks.txt", f"synthetic ({images} images, 250x250 JPEG)"
+
+
+_POOL_CONFIG = None
+
+
+def _pool_init(config) -> None:
+    global _POOL_CONFIG
+    _POOL_CONFIG = config
+
+
+def _pool_work(item: tuple[str, list[float]]) -> int:
+    from data_prep.images import read_file
+    from data_prep.shards import process_image
+
+    relpath, points = item
+    jpg, _, _ = process_image(
+        read_file(Path(_POOL_CONFIG.source) / relpath), points, _POOL_CONFIG, relpath
+    )
+    return len(jpg)
+
+
+def _cv2_work(data: bytes, points: np.ndarray, quality: int) -> int:
+    import cv2
+
+    from data_prep.align import alignment_matrix
+
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    face = cv2.warpAffine(image, alignment_matrix(points), (112, 112), flags=cv2.INTER_LINEAR)
+    return len(cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, quality])[1])
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=4000)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (smoke run)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.images, args.repeats = 200, 1
+
+    import ray
+
+    from data_prep.config import PrepConfig
+    from data_prep.executor import TaskRunner
+    from data_prep.images import read_file
+    from data_prep.landmarks import read_landmarks
+    from data_prep.plan import make_plan
+    from data_prep.run import run_prep
+    from data_prep.shards import process_image, write_shard
+    from data_prep.sources import iter_chunks, open_source
+
+    workdir = Path(tempfile.mkdtemp(prefix="prep-bench-"))
+    started_ray = not ray.is_initialized()
+    try:
+        if LFW.joinpath("landmarks.txt").is_file():
+            root, landmarks_file, what = _lfw_subset(workdir, args.images)
+        else:
+            root, landmarks_file, what = _synthetic(workdir, args.images)
+        points = read_landmarks(landmarks_file)
+        items = [(relpath, p.ravel().tolist()) for relpath, p in sorted(points.items())]
+        shard_size = max(16, len(items) // (args.workers * 8))
+
+        def config(out: str, executor: str = "ray") -> PrepConfig:
+            return PrepConfig(
+                source=str(root),
+                out=out,
+                landmarks=str(landmarks_file),
+                shard_size=shard_size,
+                executor=executor,
+                progress=False,
+            )
+
+        if started_ray:
+            ray.init(num_cpus=args.workers, include_dashboard=False, logging_level="ERROR")
+        base = config(str(workdir / "unused"))
+        # The plan the Ray side writes (scan + plan are timed separately, in the end-to-end row).
+        import pyarrow as pa
+
+        from data_prep.scan import scan_chunk
+
+        source = open_source(base)
+        plan = make_plan(
+            pa.concat_tables([scan_chunk(c, base) for c in iter_chunks(source, base)]), base
+        )
+
+        pool_times, shard_times, total_times = [], [], []
+        with (
+            Pool(args.workers, initializer=_pool_init, initargs=(base,)) as pool,
+            TaskRunner(base) as runner,
+        ):
+            # Warm-up: every worker process started and every import done on both sides.
+            list(pool.imap_unordered(_pool_work, items, chunksize=16))
+            warm = config(str(workdir / "warm"))
+            list(
+                runner.map(
+                    write_shard, ((s.name, plan.shard_rows(s), warm, "folder") for s in plan.shards)
+                )
+            )
+            for repeat in range(args.repeats):
+                start = time.perf_counter()
+                list(pool.imap_unordered(_pool_work, items, chunksize=16))
+                pool_times.append(time.perf_counter() - start)
+
+                out = workdir / f"shards-{repeat}"
+                shard_config = config(str(out))
+                start = time.perf_counter()
+                for _ in runner.map(
+                    write_shard,
+                    ((s.name, plan.shard_rows(s), shard_config, "folder") for s in plan.shards),
+                ):
+                    pass
+                shard_times.append(time.perf_counter() - start)
+
+                start = time.perf_counter()
+                run_prep(config(str(workdir / f"full-{repeat}")))
+                total_times.append(time.perf_counter() - start)
+
+        serial = []
+        sample = items[: min(len(items), 300)]
+        blobs = [(read_file(root / relpath), np.reshape(p, (5, 2))) for relpath, p in sample]
+        start = time.perf_counter()
+        for (relpath, p), (data, _) in zip(sample, blobs, strict=True):
+            process_image(data, p, base, relpath)
+        serial.append(("PIL (pillow), 1 process", time.perf_counter() - start))
+        try:
+            import cv2
+
+            cv2.setNumThreads(1)  # one core, like the PIL row
+
+            start = time.perf_counter()
+            for data, p in blobs:
+                _cv2_work(data, p, 95)
+            serial.append(("OpenCV, 1 process", time.perf_counter() - start))
+        except ImportError:
+            serial.append(("OpenCV (not installed)", float("nan")))
+    finally:
+        if started_ray and ray.is_initialized():
+            ray.shutdown()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    count = len(items)
+    pool_best, shard_best, total_best = min(pool_times), min(shard_times), min(total_times)
+    rows = [
+        ("multiprocessing.Pool: decode-align-encode (baseline)", pool_best, 1.0),
+        ("Ray tasks: decode-align-encode + write shards", shard_best, pool_best / shard_best),
+        (
+            "run_prep end to end (scan+hash, plan, shards, manifests)",
+            total_best,
+            pool_best / total_best,
+        ),
+    ]
+    lines = [
+        "## Prep throughput: Ray tasks vs multiprocessing.Pool",
+        "",
+        f"{what}; {args.workers} worker processes each side; best of {args.repeats} "
+        f"(all runs: Pool {', '.join(f'{t:.2f}' for t in pool_times)} s; "
+        f"Ray shards {', '.join(f'{t:.2f}' for t in shard_times)} s).",
+        "",
+        "| method | images | seconds | images/s | throughput vs Pool |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {name} | {count} | {seconds:.2f} | {count / seconds:.0f} | {ratio:.2f}x |"
+        for name, seconds, ratio in rows
+    ]
+    lines += [
+        "",
+        "Per-image library, one process, same images:",
+        "",
+        "| library | images | seconds | images/s |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {name} | {len(sample)} | {seconds:.3f} | {len(sample) / seconds:.0f} |"
+        for name, seconds in serial
+    ]
+    spread = (
+        statistics.pstdev(pool_times) / statistics.mean(pool_times) if len(pool_times) > 1 else 0.0
+    )
+    lines += [
+        "",
+        f"Pool run-to-run spread {spread:.0%} (shared machine: read ratios, not absolutes).",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(main())
