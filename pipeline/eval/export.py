@@ -57,7 +57,9 @@ def export_torchscript(
     return {"format": "torchscript", "path": str(path), "max_abs_difference": difference}
 
 
-def export_onnx(model: torch.nn.Module, path: str | Path, tolerance: float = DEFAULT_TOLERANCE) -> dict:
+def export_onnx(
+    model: torch.nn.Module, path: str | Path, tolerance: float = DEFAULT_TOLERANCE
+) -> dict:
     """ONNX with a dynamic batch axis; compared with onnxruntime when it is installed."""
     import torch
 
@@ -70,8 +72,13 @@ def export_onnx(model: torch.nn.Module, path: str | Path, tolerance: float = DEF
     model = model.cpu().eval()
     example = _example_batch()
     torch.onnx.export(
-        model, (example,), str(path), input_names=["images"], output_names=["embeddings"],
+        model,
+        (example,),
+        str(path),
+        input_names=["images"],
+        output_names=["embeddings"],
         dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
+        verbose=False,
     )
     onnx.checker.check_model(str(path))
     result = {"format": "onnx", "path": str(path), "max_abs_difference": None}
@@ -89,7 +96,9 @@ def export_onnx(model: torch.nn.Module, path: str | Path, tolerance: float = DEF
     return result
 
 
-def export_model(model: torch.nn.Module, path: str | Path, format: str, tolerance: float = DEFAULT_TOLERANCE) -> dict:
+def export_model(
+    model: torch.nn.Module, path: str | Path, format: str, tolerance: float = DEFAULT_TOLERANCE
+) -> dict:
     if format == "torchscript":
         return export_torchscript(model, path, tolerance)
     if format == "onnx":

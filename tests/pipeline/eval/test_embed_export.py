@@ -113,3 +113,16 @@ def test_model_references_run_id_and_registered_model(mlflow_uri, serialization)
     np.testing.assert_allclose(embed_faces(by_name.module, faces), expected, atol=1e-6)
     with pytest.raises(ValueError, match="not an existing file, an MLflow run id"):
         load_model("no-such-model")
+
+
+def test_onnx_export_gives_the_same_outputs(tmp_path):
+    pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    model = ProjectionNet().eval()
+    result = export_model(model, tmp_path / "model.onnx", "onnx")
+    assert result["max_abs_difference"] <= 1e-5
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    images = torch.rand(7, 3, 112, 112) * 2 - 1  # a batch size used by neither export nor check
+    (exported,) = session.run(None, {"images": images.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(exported, model(images).numpy(), atol=1e-5)
