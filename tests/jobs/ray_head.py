@@ -75,7 +75,8 @@ class RayHead:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def start_head(num_cpus: int = 2, timeout_s: float = 120.0) -> RayHead:
+def start_head(num_cpus: int = 2, auth: bool = True, timeout_s: float = 120.0) -> RayHead:
+    """A head on 127.0.0.1 with token auth (`auth=True`, token in RayHead.token) or without."""
     # Short path: Ray's unix sockets live under the temp dir (108-byte limit).
     root = Path(tempfile.mkdtemp(prefix="ftray-", dir="/tmp"))
     home = root / "home"
@@ -85,13 +86,14 @@ def start_head(num_cpus: int = 2, timeout_s: float = 120.0) -> RayHead:
     env.update(
         # Ray's other servers bind the host's address unless told this is a single-node cluster.
         RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
-        RAY_AUTH_MODE="token",
-        RAY_AUTH_TOKEN=token,
+        RAY_AUTH_MODE="token" if auth else "disabled",
         RAY_USAGE_STATS_ENABLED="0",
         HOME=str(home),
         PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
         OMP_NUM_THREADS="1",
     )
+    if auth:
+        env["RAY_AUTH_TOKEN"] = token
     dashboard_port, gcs_port = free_port(), free_port()
     command = [
         str(VENV_BIN / "ray"),

@@ -44,7 +44,7 @@ def token_env(head, monkeypatch, tmp_path):
     monkeypatch.setenv("RAY_AUTH_TOKEN", head.token)
 
 
-def _faces(root: Path) -> Path:
+def make_faces(root: Path) -> Path:
     """Pre-aligned 112x112 'faces': distinct random textures per image, ROOT/<identity>/<n>.jpg."""
     rng = np.random.default_rng(7)
     for identity, count in IDENTITIES.items():
@@ -72,7 +72,7 @@ def _samples(out: Path) -> dict[str, tuple[str, bytes]]:
 
 
 def test_prep_job_on_the_cluster_matches_an_inline_run(head, token_env, tmp_path, capsys):
-    source = _faces(tmp_path / "faces")
+    source = make_faces(tmp_path / "faces")
     out_cluster = tmp_path / "shards-cluster"
     prep_args = [str(source), "--out", str(out_cluster), "--align", "none", "--shard-size", "4"]
 
