@@ -5,6 +5,7 @@ resolve, and every command a manifest runs parses with facetrain's own CLI."""
 from __future__ import annotations
 
 import copy
+import re
 import shlex
 from pathlib import Path
 
@@ -24,6 +25,7 @@ OVERLAYS = ("dev-cpu", "prod-gpu")
 KUSTOMIZATIONS = sorted(str(p.parent.relative_to(K8S)) for p in K8S.rglob("kustomization.yaml"))
 CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
 K8S_VERSION = kubernetes_validate.latest_version()
+DNS_1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,17 @@ def crd_schemas(k8s_crds: Path) -> dict:
 def problems_of(obj: dict, crd_schemas: dict) -> list[str]:
     """Every validation problem of one rendered object, each naming kind/name and field path."""
     if obj["kind"] in crd_schemas:
-        return validation_errors(obj, crd_schemas[obj["kind"]])
+        # The CRDs leave metadata as a plain object; the API server still wants DNS-1123 names
+        # (KubeRay derives Service names from the cluster's, hence 63 characters).
+        name = obj.get("metadata", {}).get("name", "")
+        naming = (
+            []
+            if DNS_1123_LABEL.fullmatch(name)
+            else [
+                f"{obj['kind']}/{name}: metadata.name: expected a DNS-1123 label of at most 63 characters"
+            ]
+        )
+        return naming + validation_errors(obj, crd_schemas[obj["kind"]])
     try:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     except kubernetes_validate.ValidationError as err:
@@ -246,6 +258,7 @@ BREAKAGES = [
         "resources.requests.cpu",
     ),
     ("RayJob", lambda o: o["spec"].update(entrypointNumCPUs=1), "entrypointNumCPUs"),
+    ("RayJob", lambda o: o["metadata"].update(name="Facetrain_Prep"), "metadata.name"),
     (
         "RayJob",
         lambda o: o["spec"].update(shutdownAfterJobFinishes="no"),
