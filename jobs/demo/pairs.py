@@ -67,9 +67,15 @@ def format_pairs(pairs: list[tuple[str, int, str, int]], folds: int, pairs_per_f
 
 
 def write_pairs(
-    path: str | Path, counts: Mapping[str, int], folds: int = 10, pairs_per_fold: int = 30, seed: int = 0
+    path: str | Path,
+    counts: Mapping[str, int],
+    folds: int = 10,
+    pairs_per_fold: int = 30,
+    seed: int = 0,
 ) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(format_pairs(draw_pairs(counts, folds, pairs_per_fold, seed), folds, pairs_per_fold))
+    path.write_text(
+        format_pairs(draw_pairs(counts, folds, pairs_per_fold, seed), folds, pairs_per_fold)
+    )
     return path

@@ -28,11 +28,26 @@ from PIL import Image
 
 # Canonical frame: u to the right, v downwards, one unit ~ a third of the face height.
 SKIN_TONES = np.array(
-    [[241, 204, 178], [224, 172, 138], [198, 145, 110], [161, 110, 75], [120, 80, 52], [88, 58, 40]],
+    [
+        [241, 204, 178],
+        [224, 172, 138],
+        [198, 145, 110],
+        [161, 110, 75],
+        [120, 80, 52],
+        [88, 58, 40],
+    ],
     dtype=np.float32,
 )
 HAIR_COLOURS = np.array(
-    [[25, 20, 18], [70, 45, 30], [130, 90, 50], [200, 160, 90], [150, 60, 30], [180, 180, 180], [90, 90, 95]],
+    [
+        [25, 20, 18],
+        [70, 45, 30],
+        [130, 90, 50],
+        [200, 160, 90],
+        [150, 60, 30],
+        [180, 180, 180],
+        [90, 90, 95],
+    ],
     dtype=np.float32,
 )
 IRIS_COLOURS = np.array(
@@ -127,18 +142,24 @@ def identity_traits(seed: int, identity: int) -> FaceTraits:
         nose_w=rng.uniform(0.07, 0.14),
         mouth_w=rng.uniform(0.22, 0.36),
         mouth_y=rng.uniform(0.50, 0.64),
-        lip=np.clip(pick(np.array([[170, 80, 80], [140, 60, 70], [190, 110, 100]], np.float32)), 0, 255),
+        lip=np.clip(
+            pick(np.array([[170, 80, 80], [140, 60, 70], [190, 110, 100]], np.float32)), 0, 255
+        ),
         lip_thick=rng.uniform(0.03, 0.07),
         hair=np.clip(pick(HAIR_COLOURS), 0, 255),
         hairline=rng.uniform(-0.85, -0.45),
         hair_curve=rng.uniform(-0.4, 0.5),
         hair_part=rng.uniform(-0.35, 0.35),
         glasses=bool(rng.random() < 0.3),
-        glasses_colour=np.clip(pick(np.array([[20, 20, 20], [120, 30, 30], [40, 40, 120]], np.float32)), 0, 255),
+        glasses_colour=np.clip(
+            pick(np.array([[20, 20, 20], [120, 30, 30], [40, 40, 120]], np.float32)), 0, 255
+        ),
         beard=bool(rng.random() < 0.25),
         mark_kind=int(rng.integers(len(MARK_KINDS))),
         mark_colour=np.clip(pick(MARK_COLOURS), 0, 255),
-        mark_uv=np.stack([rng.uniform(-0.6, 0.6, FRECKLES), rng.uniform(-0.1, 0.45, FRECKLES)], axis=1),
+        mark_uv=np.stack(
+            [rng.uniform(-0.6, 0.6, FRECKLES), rng.uniform(-0.1, 0.45, FRECKLES)], axis=1
+        ),
     )
 
 
@@ -161,10 +182,19 @@ def image_variation(seed: int, identity: int, image: int) -> ImageVariation:
         background=rng.uniform(0, 255, (2, 3)),
         bg_angle=rng.uniform(0, 2 * np.pi),
         clutter=np.concatenate(
-            [rng.uniform(-1.6, 1.6, (4, 2)), rng.uniform(0.15, 0.7, (4, 2)), rng.uniform(0, 255, (4, 3))], axis=1
+            [
+                rng.uniform(-1.6, 1.6, (4, 2)),
+                rng.uniform(0.15, 0.7, (4, 2)),
+                rng.uniform(0, 255, (4, 3)),
+            ],
+            axis=1,
         ),
         occluder=np.concatenate(
-            [rng.uniform(-1.0, 1.0, 2), rng.uniform(0.15, 0.45, 2) * (rng.random() < 0.3), rng.uniform(0, 255, 3)]
+            [
+                rng.uniform(-1.0, 1.0, 2),
+                rng.uniform(0.15, 0.45, 2) * (rng.random() < 0.3),
+                rng.uniform(0, 255, 3),
+            ]
         ),
         gamma=rng.uniform(0.7, 1.4),
         blur=rng.choice([1.0, rng.uniform(1.5, 3.0)], p=[0.6, 0.4]),
@@ -214,9 +244,15 @@ def render_faces(
     """
     count = len(traits)
     if count != len(variations) or count == 0:
-        raise ValueError(f"render_faces: need as many variations as traits (>0), got {count} and {len(variations)}")
-    matrices = np.stack([pose_matrix(t, v, size) for t, v in zip(traits, variations, strict=True)])  # (N, 2, 3)
-    canon = np.stack([canonical_landmarks(t, v) for t, v in zip(traits, variations, strict=True)])  # (N, 5, 2)
+        raise ValueError(
+            f"render_faces: need as many variations as traits (>0), got {count} and {len(variations)}"
+        )
+    matrices = np.stack(
+        [pose_matrix(t, v, size) for t, v in zip(traits, variations, strict=True)]
+    )  # (N, 2, 3)
+    canon = np.stack(
+        [canonical_landmarks(t, v) for t, v in zip(traits, variations, strict=True)]
+    )  # (N, 5, 2)
     landmarks = canon @ matrices[:, :, :2].transpose(0, 2, 1) + matrices[:, None, :, 2]
 
     # Inverse warp of the pixel grid into each face's canonical frame.
@@ -228,7 +264,10 @@ def render_faces(
     u = inverse[:, 0, 0, None, None] * dx + inverse[:, 0, 1, None, None] * dy
     v = inverse[:, 1, 0, None, None] * dx + inverse[:, 1, 1, None, None] * dy
     # Pixels per canonical unit, for antialiasing: the smaller axis of the squashed frame.
-    px_per_unit = np.array([t.size * w.scale * w.squash * size for t, w in zip(traits, variations, strict=True)], np.float32)
+    px_per_unit = np.array(
+        [t.size * w.scale * w.squash * size for t, w in zip(traits, variations, strict=True)],
+        np.float32,
+    )
     canvas = _Canvas(u, v, px_per_unit[:, None, None])
 
     def col(name: str, source: Sequence) -> np.ndarray:
@@ -256,7 +295,9 @@ def render_faces(
     canvas.paint(hair * 0.9, face * (beard & (v > mouth_y - 0.12)) * 0.9)
     _marks(canvas, traits)
     # Fringe: hair over the forehead above a per-identity hairline with a parting.
-    hairline = trait("hairline") + trait("hair_curve") * u**2 - 0.12 * np.abs(u - trait("hair_part"))
+    hairline = (
+        trait("hairline") + trait("hair_curve") * u**2 - 0.12 * np.abs(u - trait("hair_part"))
+    )
     canvas.paint(hair, face * canvas.half_plane(v - hairline))
 
     _eyes(canvas, traits, variations)
@@ -276,7 +317,9 @@ def render_faces(
         for point in range(5):
             canvas.paint(
                 np.array(MARKER_COLOURS[point], np.float32),
-                canvas.disc(canon[:, point, 0, None, None], canon[:, point, 1, None, None], MARKER_RADIUS),
+                canvas.disc(
+                    canon[:, point, 0, None, None], canon[:, point, 1, None, None], MARKER_RADIUS
+                ),
             )
         return np.clip(np.rint(canvas.rgb), 0, 255).astype(np.uint8), landmarks
 
@@ -352,7 +395,10 @@ def _background(canvas: _Canvas, variations: Sequence[ImageVariation], size: int
     clutter = np.array([w.clutter for w in variations], np.float32)  # (N, 4, 7)
     for blob in range(clutter.shape[1]):
         c = clutter[:, blob, :, None, None]
-        canvas.paint(clutter[:, blob, None, None, 4:7], canvas.ellipse(c[:, 0] * 1.4, c[:, 1] * 1.4, c[:, 2] + 0.2, c[:, 3] + 0.2))
+        canvas.paint(
+            clutter[:, blob, None, None, 4:7],
+            canvas.ellipse(c[:, 0] * 1.4, c[:, 1] * 1.4, c[:, 2] + 0.2, c[:, 3] + 0.2),
+        )
 
 
 def _marks(canvas: _Canvas, traits: Sequence[FaceTraits]) -> None:
@@ -376,19 +422,32 @@ def _marks(canvas: _Canvas, traits: Sequence[FaceTraits]) -> None:
         elif name == "freckles":
             shape = np.zeros_like(u)
             for dot in range(FRECKLES):
-                shape = np.maximum(shape, canvas.disc(uv[:, dot, 0, None, None] * 0.9, uv[:, dot, 1, None, None] * 0.5 + 0.05, 0.025))
+                shape = np.maximum(
+                    shape,
+                    canvas.disc(
+                        uv[:, dot, 0, None, None] * 0.9,
+                        uv[:, dot, 1, None, None] * 0.5 + 0.05,
+                        0.025,
+                    ),
+                )
         else:  # forehead_dot
             shape = canvas.disc(uv[:, 0, 0, None, None] * 0.3, -0.55, 0.07)
         cover = np.where(chosen[:, None, None], shape, cover)
     canvas.paint(colour, cover * 0.7)
 
 
-def _eyes(canvas: _Canvas, traits: Sequence[FaceTraits], variations: Sequence[ImageVariation]) -> None:
+def _eyes(
+    canvas: _Canvas, traits: Sequence[FaceTraits], variations: Sequence[ImageVariation]
+) -> None:
     eye_x, eye_y = _stack(traits, "eye_x"), _stack(traits, "eye_y")
     eye_a = _stack(traits, "eye_a")
     eye_b = _stack(traits, "eye_b") * _stack(variations, "blink")
     hair = _stack(traits, "hair")
-    brow_gap, brow_thick, brow_tilt = _stack(traits, "brow_gap"), _stack(traits, "brow_thick"), _stack(traits, "brow_tilt")
+    brow_gap, brow_thick, brow_tilt = (
+        _stack(traits, "brow_gap"),
+        _stack(traits, "brow_thick"),
+        _stack(traits, "brow_tilt"),
+    )
     u, v = canvas.u, canvas.v
     for side in (-1, 1):
         cu = side * eye_x
@@ -396,7 +455,9 @@ def _eyes(canvas: _Canvas, traits: Sequence[FaceTraits], variations: Sequence[Im
         canvas.paint(np.array([235, 235, 230], np.float32), white)
         iris = canvas.disc(cu, eye_y, eye_a * 0.5) * white
         canvas.paint(_stack(traits, "iris"), iris)
-        canvas.paint(np.array([10, 10, 10], np.float32), canvas.disc(cu, eye_y, eye_a * 0.22) * white)
+        canvas.paint(
+            np.array([10, 10, 10], np.float32), canvas.disc(cu, eye_y, eye_a * 0.22) * white
+        )
         # Brow: a tilted arc whose inner end rises or falls with the identity's tilt.
         along = (u - cu) * side
         centre = eye_y - brow_gap - 0.05 + brow_tilt * along * 0.5 + 0.8 * along**2
@@ -405,7 +466,11 @@ def _eyes(canvas: _Canvas, traits: Sequence[FaceTraits], variations: Sequence[Im
 
 
 def _nose(canvas: _Canvas, traits: Sequence[FaceTraits]) -> None:
-    nose_x, nose_y, nose_w = _stack(traits, "nose_x"), _stack(traits, "nose_y"), _stack(traits, "nose_w")
+    nose_x, nose_y, nose_w = (
+        _stack(traits, "nose_x"),
+        _stack(traits, "nose_y"),
+        _stack(traits, "nose_w"),
+    )
     eye_y = _stack(traits, "eye_y")
     skin = _stack(traits, "skin")
     u, v = canvas.u, canvas.v
@@ -415,10 +480,15 @@ def _nose(canvas: _Canvas, traits: Sequence[FaceTraits]) -> None:
     canvas.paint(skin * 0.86, wedge * 0.8)
     canvas.paint(skin * 1.08, canvas.disc(nose_x, nose_y, nose_w * 0.45))
     for side in (-1, 1):
-        canvas.paint(skin * 0.45, canvas.ellipse(nose_x + side * nose_w * 0.55, nose_y + 0.035, nose_w * 0.3, 0.02))
+        canvas.paint(
+            skin * 0.45,
+            canvas.ellipse(nose_x + side * nose_w * 0.55, nose_y + 0.035, nose_w * 0.3, 0.02),
+        )
 
 
-def _mouth(canvas: _Canvas, traits: Sequence[FaceTraits], variations: Sequence[ImageVariation]) -> None:
+def _mouth(
+    canvas: _Canvas, traits: Sequence[FaceTraits], variations: Sequence[ImageVariation]
+) -> None:
     mouth_w = _stack(traits, "mouth_w") + _stack(variations, "mouth_stretch")
     mouth_y = _stack(traits, "mouth_y")
     smile = _stack(variations, "smile")
@@ -430,14 +500,18 @@ def _mouth(canvas: _Canvas, traits: Sequence[FaceTraits], variations: Sequence[I
     lips = canvas.coverage(np.abs(v - centre) - _stack(traits, "lip_thick") * profile - 0.006)
     canvas.paint(_stack(traits, "lip"), lips * canvas.half_plane(np.abs(u) - mouth_w))
     inner = canvas.coverage(np.abs(v - centre) - _stack(variations, "mouth_open") * profile - 0.004)
-    canvas.paint(np.array([60, 20, 25], np.float32), inner * canvas.half_plane(np.abs(u) - mouth_w * 0.95))
+    canvas.paint(
+        np.array([60, 20, 25], np.float32), inner * canvas.half_plane(np.abs(u) - mouth_w * 0.95)
+    )
 
 
 def _lighting(canvas: _Canvas, variations: Sequence[ImageVariation], size: int) -> None:
     count, height, width = canvas.u.shape
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32) / size - 0.5
     gradient = np.array([w.gradient for w in variations], np.float32)
-    light = _stack(variations, "gain") * (1 + gradient[:, 0, None, None] * xs + gradient[:, 1, None, None] * ys)
+    light = _stack(variations, "gain") * (
+        1 + gradient[:, 0, None, None] * xs + gradient[:, 1, None, None] * ys
+    )
     canvas.rgb *= np.clip(light, 0.15, 2.0)[..., None] * _stack(variations, "cast")
     gamma = _stack(variations, "gamma")[..., None]
     canvas.rgb[:] = 255.0 * (np.clip(canvas.rgb, 0, 255) / 255.0) ** gamma
@@ -446,7 +520,9 @@ def _lighting(canvas: _Canvas, variations: Sequence[ImageVariation], size: int) 
 def _noise(canvas: _Canvas, variations: Sequence[ImageVariation]) -> None:
     for index, variation in enumerate(variations):
         noise_rng = np.random.default_rng(variation.seed)
-        canvas.rgb[index] += noise_rng.standard_normal(canvas.rgb.shape[1:], np.float32) * variation.noise
+        canvas.rgb[index] += (
+            noise_rng.standard_normal(canvas.rgb.shape[1:], np.float32) * variation.noise
+        )
 
 
 def _blur(canvas: _Canvas, variations: Sequence[ImageVariation]) -> None:
@@ -457,7 +533,9 @@ def _blur(canvas: _Canvas, variations: Sequence[ImageVariation]) -> None:
             continue
         small = (max(8, round(width / variation.blur)), max(8, round(height / variation.blur)))
         image = Image.fromarray(np.clip(canvas.rgb[index], 0, 255).astype(np.uint8))
-        canvas.rgb[index] = np.asarray(image.resize(small, Image.BILINEAR).resize((width, height), Image.BILINEAR))
+        canvas.rgb[index] = np.asarray(
+            image.resize(small, Image.BILINEAR).resize((width, height), Image.BILINEAR)
+        )
 
 
 def identity_name(identity: int) -> str:
@@ -528,7 +606,9 @@ def write_dataset(
     root = out / "images"
     counts = {identity_name(i): images_per_identity(seed, i, low, high) for i in identities}
     lines: list[str] = []
-    with tqdm(total=sum(counts.values()), desc="synthetic faces", unit="img", disable=not progress) as bar:
+    with tqdm(
+        total=sum(counts.values()), desc="synthetic faces", unit="img", disable=not progress
+    ) as bar:
         for chunk, pixels, landmarks in iter_faces(identities, seed, images, size):
             for (identity, number), image, points in zip(chunk, pixels, landmarks, strict=True):
                 name = identity_name(identity)
@@ -537,9 +617,10 @@ def write_dataset(
                 buffer = io.BytesIO()
                 Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
                 (root / relpath).write_bytes(buffer.getvalue())
-                lines.append(relpath + " " + " ".join(f"{value:.2f}" for value in points.reshape(-1)))
+                lines.append(
+                    relpath + " " + " ".join(f"{value:.2f}" for value in points.reshape(-1))
+                )
             bar.update(len(chunk))
     landmarks_path = out / "landmarks.txt"
     landmarks_path.write_text("\n".join(lines) + "\n")
     return SyntheticDataset(images=root, landmarks=landmarks_path, counts=counts)
-

@@ -1,0 +1,379 @@
+"""`facetrain demo`: the whole pipeline on one machine, stage by stage.
+
+1. data: synthetic faces with landmarks (or `--data`: an image folder + landmark list)
+2. prep: `data_prep.run_prep` on embedded Ray, holding identities out of training
+3. pairs: LFW-style verification pairs over the held-out identities
+4. train: `facetrain train --nproc N` (DeepSpeed, gloo on CPU), tracked in MLflow
+5. eval: verification of the trained model on the held-out pairs, logged onto the run,
+   next to a raw-pixel baseline on the same pairs (what learning added)
+
+Everything lands under `--out`: data, shards, checkpoints, the MLflow store (SQLite) and its
+artifacts, the ROC plot, `summary.json`. Each stage is a function taking the config section it
+needs, so a test or a notebook can run one alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jobs.demo.config import DemoConfig
+from jobs.demo.heldout import HeldOutPairs, heldout_sources, make_heldout_pairs
+
+RUN_LINE = re.compile(r"MLflow run: ([0-9a-f]{32})")
+STAGES = ("data", "prep", "pairs", "train", "eval")
+
+
+@dataclass
+class DemoLayout:
+    """Where each stage writes, all under one folder."""
+
+    out: Path
+
+    @property
+    def data(self) -> Path:
+        return self.out / "data"
+
+    @property
+    def shards(self) -> Path:
+        return self.out / "shards"
+
+    @property
+    def pairs(self) -> Path:
+        return self.out / "heldout-pairs.txt"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out / "checkpoints"
+
+    @property
+    def train_config(self) -> Path:
+        return self.out / "train.yaml"
+
+    @property
+    def train_log(self) -> Path:
+        return self.out / "train.log"
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{(self.out / 'mlflow.db').resolve()}"
+
+    @property
+    def artifacts(self) -> Path:
+        return (self.out / "mlartifacts").resolve()
+
+    @property
+    def summary(self) -> Path:
+        return self.out / "summary.json"
+
+
+@dataclass
+class DemoResult:
+    run_id: str = ""
+    experiment_id: str = ""
+    tracking_uri: str = ""
+    dataset: dict[str, Any] = field(default_factory=dict)
+    splits: dict[str, Any] = field(default_factory=dict)
+    heldout: dict[str, Any] = field(default_factory=dict)
+    baseline: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ui_command(self) -> str:
+        return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+
+    @property
+    def run_url(self) -> str:
+        return f"http://127.0.0.1:5000/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+
+
+def find_data(path: str | Path, landmarks: str | Path | None = None) -> tuple[Path, Path]:
+    """(images root, landmark list) of `--data PATH`: PATH/images + PATH/landmarks.txt (the layout
+    of the synthetic set and of LFW), or PATH itself as the images root with `--landmarks`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--data {path}: not a folder")
+    images = path / "images" if (path / "images").is_dir() else path
+    if landmarks is None:
+        candidates = [path / "landmarks.txt", path.parent / "landmarks.txt"]
+        landmarks = next((c for c in candidates if c.is_file()), None)
+        if landmarks is None:
+            raise FileNotFoundError(
+                f"--data {path}: no landmarks.txt beside the images; pass --landmarks FILE "
+                "(`relpath x1 y1 ... x5 y5` per line, or a CSV/Parquet list)"
+            )
+    landmarks = Path(landmarks)
+    if not landmarks.is_file():
+        raise FileNotFoundError(f"--landmarks {landmarks}: not found")
+    return images, landmarks
+
+
+def make_synthetic(config: DemoConfig, layout: DemoLayout) -> tuple[Path, Path, dict[str, Any]]:
+    from jobs.demo.synthetic_faces import write_dataset
+
+    section = config.synthetic
+    dataset = write_dataset(
+        layout.data, section.identities, section.images, section.size, section.seed
+    )
+    info = {"source": "synthetic", "identities": len(dataset.counts), "images": dataset.total}
+    return dataset.images, dataset.landmarks, info
+
+
+def run_prep_stage(config: DemoConfig, images: Path, landmarks: Path, layout: DemoLayout):
+    from data_prep import run_prep
+    from data_prep.config import PrepConfig
+
+    section = config.prep
+    prep_config = PrepConfig(
+        source=str(images), landmarks=str(landmarks), out=str(layout.shards),
+        val_identities=section.val_identities, min_images=section.min_images,
+        max_images=section.max_images, shard_size=section.shard_size, workers=section.workers,
+        seed=section.seed,
+    )  # fmt: skip
+    return run_prep(prep_config)
+
+
+def build_train_config(config: DemoConfig, layout: DemoLayout):
+    """The demo's TrainConfig: the `train` tree with this run's paths filled in (and saved)."""
+    from jobs.config import save_resolved, validate
+    from pipeline.config import TrainConfig
+
+    tree = json.loads(json.dumps(config.train))  # a deep copy of plain data
+    tree.setdefault("data", {})["shards"] = str(layout.shards.resolve())
+    tree.setdefault("checkpoint", {})["dir"] = str(layout.checkpoints.resolve())
+    mlflow_section = tree.setdefault("mlflow", {})
+    mlflow_section["tracking_uri"] = layout.tracking_uri
+    mlflow_section["experiment"] = config.experiment
+    train_config = validate(TrainConfig, tree, source="demo config 'train'")
+    save_resolved(train_config, layout.train_config)
+    return train_config
+
+
+def ensure_experiment(tracking_uri: str, name: str, artifacts: Path) -> str:
+    """Create the experiment with its artifacts under --out (MLflow would pick ./mlruns)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifacts.as_uri())
+
+
+def train_command(layout: DemoLayout, nproc: int) -> list[str]:
+    # The same `facetrain train` a user runs, in a fresh interpreter: its ranks, Ray-free.
+    launcher = "import sys; from jobs.cli import main; sys.exit(main())"
+    return [
+        sys.executable,
+        "-c",
+        launcher,
+        "train",
+        "--config",
+        str(layout.train_config),
+        "--nproc",
+        str(nproc),
+    ]
+
+
+def run_training(layout: DemoLayout, nproc: int, echo=sys.stdout.write) -> str:
+    """Run `facetrain train`, streaming its output (progress bars included); return the run id."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")  # one thread per rank: ranks share the cores
+    env["MLFLOW_TRACKING_URI"] = layout.tracking_uri
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            env.setdefault("DS_ACCELERATOR", "cpu")
+    except ImportError:
+        pass
+    seen = bytearray()
+    with layout.train_log.open("wb") as log:
+        process = subprocess.Popen(
+            train_command(layout, nproc), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+        )
+        assert process.stdout is not None
+        while chunk := os.read(process.stdout.fileno(), 65536):
+            log.write(chunk)
+            seen += chunk
+            echo(chunk.decode(errors="replace"))
+        code = process.wait()
+    text = seen.decode(errors="replace")
+    if code != 0:
+        raise RuntimeError(f"facetrain train exited with code {code}; log: {layout.train_log}")
+    found = RUN_LINE.findall(text)
+    if not found:
+        raise RuntimeError(
+            f"facetrain train printed no 'MLflow run: <id>' line; log: {layout.train_log}"
+        )
+    return found[-1]
+
+
+def raw_pixel_model():
+    """The aligned image itself as the embedding: the no-learning baseline."""
+    import torch
+
+    return torch.nn.Flatten()
+
+
+def evaluate(
+    run_id: str, pairs: HeldOutPairs, images: Path, landmarks: Path, layout: DemoLayout
+) -> tuple[dict, dict, Path]:
+    """(held-out summary of the trained model, raw-pixel baseline summary, ROC png); the first
+    is logged onto the training run as `heldout_*` metrics with its ROC plot."""
+    import mlflow
+
+    from pipeline.eval import load_model, log_verification, run_verification
+    from pipeline.eval.config import EvalOptions
+
+    mlflow.set_tracking_uri(layout.tracking_uri)
+    options = EvalOptions(batch_size=64, workers=2, device="cpu")
+    pair_list = pairs.pair_list()
+    model = load_model(run_id, device="cpu").module
+    verification = run_verification(
+        model, pairs=pair_list, images=images, landmarks=landmarks, options=options
+    )
+    log_verification(
+        verification, "heldout", run_id=run_id, tracking_uri=layout.tracking_uri, out_dir=layout.out
+    )
+    baseline = run_verification(
+        raw_pixel_model(), pairs=pair_list, images=images, landmarks=landmarks, options=options
+    )
+    client = mlflow.MlflowClient(layout.tracking_uri)
+    client.log_metric(run_id, "heldout_raw_pixels_accuracy", baseline.summary["accuracy"])
+    return verification.summary, baseline.summary, layout.out / "roc-heldout.png"
+
+
+def training_figures(tracking_uri: str, run_id: str) -> dict[str, float]:
+    """The run's last logged losses and throughput, for the summary."""
+    import mlflow
+
+    metrics = mlflow.MlflowClient(tracking_uri).get_run(run_id).data.metrics
+    wanted = ("loss", "samples", "lambda", "active", "step")
+    return {
+        name: value
+        for name, value in sorted(metrics.items())
+        if any(w in name for w in wanted) and not name.startswith("heldout")
+    }
+
+
+def run_demo(
+    config: DemoConfig,
+    out: str | Path,
+    data: str | Path | None = None,
+    landmarks: str | Path | None = None,
+    console=None,
+) -> DemoResult:
+    from rich.console import Console
+
+    console = console or Console()
+    layout = DemoLayout(Path(out))
+    layout.out.mkdir(parents=True, exist_ok=True)
+    result = DemoResult(tracking_uri=layout.tracking_uri)
+    started = time.perf_counter()
+
+    def stage(index: int, title: str) -> None:
+        console.rule(
+            f"[bold][{index}/{len(STAGES)}] {title}[/]  ({time.perf_counter() - started:.0f} s)"
+        )
+
+    def done(name: str, since: float) -> None:
+        result.seconds[name] = round(time.perf_counter() - since, 1)
+
+    # Check the training config before spending minutes on data.
+    build_train_config(config, layout)
+
+    t = time.perf_counter()
+    if data is None:
+        stage(1, f"synthetic faces: {config.synthetic.identities} identities -> {layout.data}")
+        images, landmark_file, result.dataset = make_synthetic(config, layout)
+    else:
+        images, landmark_file = find_data(data, landmarks)
+        stage(1, f"data: {images} with landmarks {landmark_file}")
+        result.dataset = {"source": str(images), "landmarks": str(landmark_file)}
+    done("data", t)
+
+    t = time.perf_counter()
+    stage(
+        2,
+        f"prep on local Ray: align 112x112, shard, hold out {config.prep.val_identities} identities",
+    )
+    prep_summary = run_prep_stage(config, images, landmark_file, layout)
+    console.print(prep_summary.render())
+    result.splits = prep_summary.splits
+    done("prep", t)
+
+    t = time.perf_counter()
+    stage(3, "verification pairs over the held-out identities")
+    section = config.pairs
+    pairs = make_heldout_pairs(
+        heldout_sources(layout.shards),
+        section.folds,
+        section.pairs_per_fold,
+        section.seed,
+        layout.pairs,
+    )
+    console.print(
+        f"{len(pairs.is_same)} pairs ({int(pairs.is_same.sum())} same) over {pairs.identities} identities, "
+        f"{pairs.images} images"
+        + (f"; LFW pairs file {pairs.pairs_file}" if pairs.pairs_file else "")
+    )
+    done("pairs", t)
+
+    t = time.perf_counter()
+    train_config = build_train_config(config, layout)
+    stage(4, f"train: {config.nproc} local ranks, {train_config.model.backbone}, "
+          f"{' + '.join(term.type for term in train_config.loss)}, {train_config.train.steps} steps")  # fmt: skip
+    result.experiment_id = ensure_experiment(
+        layout.tracking_uri, config.experiment, layout.artifacts
+    )
+    result.run_id = run_training(layout, config.nproc)
+    result.training = training_figures(layout.tracking_uri, result.run_id)
+    done("train", t)
+
+    t = time.perf_counter()
+    stage(5, f"verify on held-out identities: MLflow run {result.run_id}")
+    result.heldout, result.baseline, roc_png = evaluate(
+        result.run_id, pairs, images, landmark_file, layout
+    )
+    done("eval", t)
+    result.seconds["total"] = round(time.perf_counter() - started, 1)
+
+    result.files = {
+        "images": str(images), "landmarks": str(landmark_file), "shards": str(layout.shards),
+        "train_config": str(layout.train_config), "train_log": str(layout.train_log),
+        "roc": str(roc_png), "summary": str(layout.summary),
+    }  # fmt: skip
+    if pairs.pairs_file:
+        result.files["pairs"] = str(pairs.pairs_file)
+    write_summary(result, layout.summary)
+    return result
+
+
+def write_summary(result: DemoResult, path: Path) -> None:
+    payload = {
+        "run_id": result.run_id,
+        "experiment_id": result.experiment_id,
+        "tracking_uri": result.tracking_uri,
+        "mlflow_ui": result.ui_command,
+        "run_url": result.run_url,
+        "dataset": result.dataset,
+        "splits": result.splits,
+        "training": result.training,
+        "heldout": {key: value for key, value in result.heldout.items() if key != "skipped"},
+        "baseline_raw_pixels": {
+            key: result.baseline.get(key) for key in ("accuracy", "accuracy_std", "auc", "eer")
+        },
+        "files": result.files,
+        "seconds": result.seconds,
+    }
+    path.write_text(json.dumps(payload, indent=2, default=str))
