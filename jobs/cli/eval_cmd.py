@@ -239,7 +239,7 @@ def _finish(args: argparse.Namespace, loaded, summary: dict, title: str) -> int:
 def _write_json(path: str | None, summary: dict, console) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(summary, indent=2) + "\n")
+        Path(path).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
         console.print(f"figures: {path}")
 
 

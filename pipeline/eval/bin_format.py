@@ -48,7 +48,9 @@ class VerificationBin:
         count = self.is_same.size
         keys_a = tuple(str(2 * p) for p in range(count))
         keys_b = tuple(str(2 * p + 1) for p in range(count))
-        return PairList(keys_a, keys_b, self.is_same, contiguous_folds(self.is_same, n_folds), source)
+        return PairList(
+            keys_a, keys_b, self.is_same, contiguous_folds(self.is_same, n_folds), source
+        )
 
 
 def read_bin(path: str | Path) -> VerificationBin:
@@ -59,7 +61,9 @@ def read_bin(path: str | Path) -> VerificationBin:
         with path.open("rb") as handle:
             loaded = _SafeUnpickler(handle, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise ValueError(f"verification bin {path}: not an insightface .bin pickle ({err})") from err
+        raise ValueError(
+            f"verification bin {path}: not an insightface .bin pickle ({err})"
+        ) from err
     if not (isinstance(loaded, (tuple, list)) and len(loaded) == 2):
         raise ValueError(f"verification bin {path}: expected a pickled (images, is_same) pair")
     images, is_same = loaded
@@ -77,7 +81,9 @@ def write_bin(path: str | Path, images: list[bytes], is_same: np.ndarray | list[
     """Write a `.bin` insightface's `load_bin` reads (protocol 2 keeps old readers working)."""
     is_same = [bool(flag) for flag in is_same]
     if len(images) != 2 * len(is_same):
-        raise ValueError(f"write_bin: {len(is_same)} pairs need {2 * len(is_same)} images, got {len(images)}")
+        raise ValueError(
+            f"write_bin: {len(is_same)} pairs need {2 * len(is_same)} images, got {len(images)}"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as handle:

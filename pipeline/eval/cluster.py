@@ -21,7 +21,9 @@ def identity_of(key: str) -> str:
     """ROOT/<identity>/<image>: the first folder of a key names the identity."""
     parts = key.replace("\\", "/").split("/")
     if len(parts) < 2:
-        raise ValueError(f"key {key!r}: expected <identity>/<image>, the identity folder is missing")
+        raise ValueError(
+            f"key {key!r}: expected <identity>/<image>, the identity folder is missing"
+        )
     return parts[0]
 
 
@@ -60,7 +62,9 @@ def normalized_mutual_information(true_labels, predicted_labels) -> float:
     true_labels, predicted_labels = np.asarray(true_labels), np.asarray(predicted_labels)
     total = true_labels.size
     _, true_codes, true_counts = np.unique(true_labels, return_inverse=True, return_counts=True)
-    _, predicted_codes, predicted_counts = np.unique(predicted_labels, return_inverse=True, return_counts=True)
+    _, predicted_codes, predicted_counts = np.unique(
+        predicted_labels, return_inverse=True, return_counts=True
+    )
     entropy_true, entropy_predicted = _entropy(true_counts), _entropy(predicted_counts)
     if entropy_true == 0 and entropy_predicted == 0:
         return 1.0  # one identity and one cluster: the labelling is perfect
@@ -102,7 +106,8 @@ def fit_threshold(linkage_matrix: np.ndarray, true_labels) -> tuple[float, float
     if cuts.size > MAX_CANDIDATE_THRESHOLDS:
         cuts = np.unique(np.quantile(cuts, np.linspace(0, 1, MAX_CANDIDATE_THRESHOLDS)))
     f1_per_cut = [
-        pairwise_precision_recall_f1(true_labels, clusters_at(linkage_matrix, cut))["f1"] for cut in cuts
+        pairwise_precision_recall_f1(true_labels, clusters_at(linkage_matrix, cut))["f1"]
+        for cut in cuts
     ]
     best = int(np.argmax(f1_per_cut))
     return float(cuts[best]), float(f1_per_cut[best])
@@ -115,7 +120,9 @@ def select_identities(
     names, codes, counts = np.unique(labels, return_inverse=True, return_counts=True)
     eligible = np.flatnonzero(counts >= min_images)
     if max_identities is not None and eligible.size > max_identities:
-        eligible = np.sort(np.random.default_rng(seed).choice(eligible, max_identities, replace=False))
+        eligible = np.sort(
+            np.random.default_rng(seed).choice(eligible, max_identities, replace=False)
+        )
     return np.isin(codes, eligible)
 
 
@@ -145,7 +152,9 @@ def evaluate_clustering(
     summary: dict = {"linkage": method, "min_images": min_images}
     if threshold is None:
         in_fit = split_identities(labels, fit_fraction, seed)
-        threshold, fit_f1 = fit_threshold(cosine_linkage(embeddings[in_fit], method), labels[in_fit])
+        threshold, fit_f1 = fit_threshold(
+            cosine_linkage(embeddings[in_fit], method), labels[in_fit]
+        )
         summary.update(
             threshold_source="fitted on a labelled split (disjoint identities)",
             fit_images=int(in_fit.sum()),

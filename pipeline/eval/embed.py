@@ -45,7 +45,10 @@ class FolderImages:
     """
 
     def __init__(
-        self, root: str | Path, landmarks: Mapping[str, np.ndarray] | None = None, template: str = "arcface"
+        self,
+        root: str | Path,
+        landmarks: Mapping[str, np.ndarray] | None = None,
+        template: str = "arcface",
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
@@ -110,7 +113,9 @@ def to_input(faces: np.ndarray) -> torch.Tensor:
     return tensor / 127.5 - 1.0
 
 
-def embed_faces(model: torch.nn.Module, faces: np.ndarray, device: str = "cpu", flip: bool = True) -> np.ndarray:
+def embed_faces(
+    model: torch.nn.Module, faces: np.ndarray, device: str = "cpu", flip: bool = True
+) -> np.ndarray:
     """[B, 112, 112, 3] uint8 faces -> [B, D] float32 unit-length embeddings."""
     import torch
 

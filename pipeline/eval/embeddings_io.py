@@ -96,9 +96,14 @@ def read_embeddings(path: str | Path) -> EmbeddingTable:
         )
     keys = [str(key) for key in table.column("key").to_pylist()]
     column = table.column("embedding").combine_chunks()
-    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
-            or pa.types.is_fixed_size_list(column.type)):
-        raise ValueError(f"embeddings file {path}: 'embedding' is {column.type}, expected a list of floats")
+    if not (
+        pa.types.is_list(column.type)
+        or pa.types.is_large_list(column.type)
+        or pa.types.is_fixed_size_list(column.type)
+    ):
+        raise ValueError(
+            f"embeddings file {path}: 'embedding' is {column.type}, expected a list of floats"
+        )
     lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
     if column.null_count or len(set(lengths.tolist())) > 1:
         raise ValueError(

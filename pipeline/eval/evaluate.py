@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 Landmarks = str | Path | Mapping[str, np.ndarray] | None
 
 
-def folder_source(images: str | Path, landmarks: Landmarks = None, template: str = "arcface") -> FolderImages:
+def folder_source(
+    images: str | Path, landmarks: Landmarks = None, template: str = "arcface"
+) -> FolderImages:
     """Images under a root, aligned with a landmark file (path) or mapping when given."""
     if landmarks is not None and not isinstance(landmarks, Mapping):
         from data_prep.landmarks import read_landmarks
@@ -38,13 +40,22 @@ def folder_source(images: str | Path, landmarks: Landmarks = None, template: str
 
 
 def embed_keys(
-    model: torch.nn.Module, keys: Sequence[str], source: ImageSource, options: EvalOptions | None = None
+    model: torch.nn.Module,
+    keys: Sequence[str],
+    source: ImageSource,
+    options: EvalOptions | None = None,
 ) -> tuple[EmbeddingTable, dict[str, str]]:
     """Flip-augmented unit embeddings of `keys`; failures maps each unusable key to its reason."""
     options = options or EvalOptions()
     return embed_images(
-        model, keys, source, batch_size=options.batch_size, device=options.resolved_device(),
-        flip=options.flip, workers=options.workers, progress=options.progress,
+        model,
+        keys,
+        source,
+        batch_size=options.batch_size,
+        device=options.resolved_device(),
+        flip=options.flip,
+        workers=options.workers,
+        progress=options.progress,
     )
 
 
@@ -87,12 +98,17 @@ def run_bin_verification(
     verification_bin = read_bin(bin_path)
     pair_list = verification_bin.pairs(options.folds, source=str(bin_path))
     embeddings, failures = embed_keys(
-        model, [str(i) for i in range(len(verification_bin.images))], BinImages(verification_bin.images), options
+        model,
+        [str(i) for i in range(len(verification_bin.images))],
+        BinImages(verification_bin.images),
+        options,
     )
     return verify_embeddings(embeddings, pair_list, failures=failures)
 
 
-def verify_bin(model: torch.nn.Module, bin_path: str | Path, options: EvalOptions | None = None) -> dict:
+def verify_bin(
+    model: torch.nn.Module, bin_path: str | Path, options: EvalOptions | None = None
+) -> dict:
     return run_bin_verification(model, bin_path, options).summary
 
 
@@ -120,10 +136,18 @@ def log_verification(
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(out_dir or scratch)
         fpr, tpr, _ = verification.roc()
-        roc_png = write_roc_png(fpr, tpr, folder / f"roc-{prefix}.png", title=name, summary=verification.summary)
+        roc_png = write_roc_png(
+            fpr, tpr, folder / f"roc-{prefix}.png", title=name, summary=verification.summary
+        )
         json_path = folder / f"verify-{prefix}.json"
-        json_path.write_text(json.dumps(verification.summary, indent=2))
+        json_path.write_text(json.dumps(verification.summary, indent=2, allow_nan=False))
         return log_results(
-            verification.summary, name, run_id=run_id, artifacts=[roc_png, json_path], tags=tags,
-            step=step, experiment=experiment or DEFAULT_EXPERIMENT, tracking_uri=tracking_uri,
+            verification.summary,
+            name,
+            run_id=run_id,
+            artifacts=[roc_png, json_path],
+            tags=tags,
+            step=step,
+            experiment=experiment or DEFAULT_EXPERIMENT,
+            tracking_uri=tracking_uri,
         )

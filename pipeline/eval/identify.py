@@ -51,7 +51,9 @@ def probe_ranks(
     names, gallery_codes = np.unique(gallery_labels, return_inverse=True)
     missing = sorted(set(probe_labels) - set(names))
     if missing:
-        raise ValueError(f"closed-set identification: probe identity {missing[0]!r} has no gallery image")
+        raise ValueError(
+            f"closed-set identification: probe identity {missing[0]!r} has no gallery image"
+        )
     probe_codes = np.searchsorted(names, probe_labels)
     order = np.argsort(gallery_codes, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(gallery_codes[order]) != 0])
@@ -82,7 +84,9 @@ def evaluate_identification(
         raise ValueError(
             f"identification needs identities with more than {gallery_per_identity} image(s); found none"
         )
-    probe_rank = probe_ranks(table.embeddings[gallery], labels[gallery], table.embeddings[probes], labels[probes])
+    probe_rank = probe_ranks(
+        table.embeddings[gallery], labels[gallery], table.embeddings[probes], labels[probes]
+    )
     summary = {f"rank{k}": float(np.mean(probe_rank <= k)) for k in ranks}
     summary.update(
         probes=int(probes.size),

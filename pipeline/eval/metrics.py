@@ -134,7 +134,9 @@ def equal_error_rate(fpr: np.ndarray, tpr: np.ndarray) -> float:
 def far_levels(num_negatives: int) -> list[float]:
     """1e-2 and 1e-3 always, then each lower power of ten that at least one false accept can reach."""
     levels = list(BASE_FAR_LEVELS)
-    exponent = 4  # integer powers: repeated /10 drifts (1e-6 would come out as 1.0000000000000002e-06)
+    exponent = (
+        4  # integer powers: repeated /10 drifts (1e-6 would come out as 1.0000000000000002e-06)
+    )
     while exponent <= LOWEST_FAR_EXPONENT and num_negatives >= 10**exponent:
         levels.append(float(f"1e-{exponent}"))
         exponent += 1

@@ -108,6 +108,8 @@ def _exported_backbone(exported: torch.nn.Module) -> torch.nn.Module:
                     if images.shape[0] == 1:
                         raise
                     self.one_row_at_a_time = True
-            return torch.cat([self.exported(images[row : row + 1]) for row in range(images.shape[0])])
+            return torch.cat(
+                [self.exported(images[row : row + 1]) for row in range(images.shape[0])]
+            )
 
     return ExportedBackbone()

@@ -54,9 +54,7 @@ def image_key(name: str, number: int, extension: str = ".jpg") -> str:
     return f"{name}/{name}_{number:04d}{extension}"
 
 
-def read_pairs(
-    path: str | Path, extension: str = ".jpg", n_folds: int = DEFAULT_FOLDS
-) -> PairList:
+def read_pairs(path: str | Path, extension: str = ".jpg", n_folds: int = DEFAULT_FOLDS) -> PairList:
     """Parse an LFW pairs file; errors name the file, the line and what was expected."""
     path = Path(path)
     if not path.is_file():
@@ -86,11 +84,17 @@ def read_pairs(
         try:
             if len(fields) == 3:
                 name, first, second = fields
-                pair = (image_key(name, int(first), extension), image_key(name, int(second), extension))
+                pair = (
+                    image_key(name, int(first), extension),
+                    image_key(name, int(second), extension),
+                )
                 same = True
             elif len(fields) == 4:
                 name_a, first, name_b, second = fields
-                pair = (image_key(name_a, int(first), extension), image_key(name_b, int(second), extension))
+                pair = (
+                    image_key(name_a, int(first), extension),
+                    image_key(name_b, int(second), extension),
+                )
                 same = False
             else:
                 raise ValueError

@@ -14,14 +14,18 @@ def verification_table(summary: dict, title: str = "verification"):
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    table.add_row("accuracy", f"{100 * summary['accuracy']:.2f}% ± {100 * summary['accuracy_std']:.2f}")
+    table.add_row(
+        "accuracy", f"{100 * summary['accuracy']:.2f}% ± {100 * summary['accuracy_std']:.2f}"
+    )
     table.add_row("AUC", f"{summary['auc']:.4f}")
     table.add_row("EER", f"{100 * summary['eer']:.2f}%")
     table.add_row("threshold (cosine)", f"{summary['threshold']:.4f}")
     for far, tar in summary["tar_at_far"].items():
         table.add_row(f"TAR @ FAR={far}", f"{100 * tar:.2f}%")
     table.add_row("protocol", summary["protocol"])
-    table.add_row("pairs scored", f"{summary['pairs']} of {summary.get('pairs_listed', summary['pairs'])}")
+    table.add_row(
+        "pairs scored", f"{summary['pairs']} of {summary.get('pairs_listed', summary['pairs'])}"
+    )
     table.add_row("skipped pairs", str(summary.get("skipped_pairs", 0)))
     return table
 
@@ -40,7 +44,13 @@ def figures_table(summary: dict, title: str):
     return table
 
 
-def write_roc_png(fpr: np.ndarray, tpr: np.ndarray, path: str | Path, title: str = "ROC", summary: dict | None = None) -> Path:
+def write_roc_png(
+    fpr: np.ndarray,
+    tpr: np.ndarray,
+    path: str | Path,
+    title: str = "ROC",
+    summary: dict | None = None,
+) -> Path:
     """TAR against FAR on a log FAR axis (where face verification is read), plus a linear inset."""
     import matplotlib
 

@@ -30,7 +30,8 @@ def flat_metrics(summary: Mapping, prefix: str) -> dict[str, float]:
             flat[f"{prefix}/{key}"] = float(value)
         elif key in ("tar_at_far", "threshold_at_far") and isinstance(value, Mapping):
             for far, rate in value.items():
-                flat[f"{prefix}/{key}_{far}"] = float(rate)
+                if rate is not None:
+                    flat[f"{prefix}/{key}_{far}"] = float(rate)
     return flat
 
 
@@ -64,10 +65,13 @@ def log_results(
         try:
             client.get_run(run_id)
         except Exception as err:  # the store's own "not found" type differs per backend
-            raise ValueError(f"MLflow run {run_id}: not found in {client.tracking_uri} ({err})") from err
+            raise ValueError(
+                f"MLflow run {run_id}: not found in {client.tracking_uri} ({err})"
+            ) from err
     timestamp = int(time.time() * 1000)
     metrics = [
-        Metric(key, value, timestamp, step or 0) for key, value in flat_metrics(summary, prefix).items()
+        Metric(key, value, timestamp, step or 0)
+        for key, value in flat_metrics(summary, prefix).items()
     ]
     client.log_batch(run_id, metrics=metrics)
     for key, value in (tags or {}).items():

@@ -60,14 +60,19 @@ def summarise_scores(
         protocol = "threshold fitted on --fit-pairs"
         accuracy = metrics.accuracy_at(scores, is_same, threshold)
         fold_accuracies = np.asarray(
-            [metrics.accuracy_at(scores[folds == f], is_same[folds == f], threshold) for f in np.unique(folds)]
+            [
+                metrics.accuracy_at(scores[folds == f], is_same[folds == f], threshold)
+                for f in np.unique(folds)
+            ]
         )
         fold_thresholds = np.full(fold_accuracies.size, threshold)
 
     tar, threshold_at_far = {}, {}
     for far in metrics.far_levels(num_negatives):
         key = metrics.far_key(far)
-        tar[key], threshold_at_far[key] = metrics.tar_at_far(fpr, tpr, roc_thresholds, far)
+        tar[key], operating_threshold = metrics.tar_at_far(fpr, tpr, roc_thresholds, far)
+        # No threshold reaches that FAR with any true accept: +inf, which JSON cannot hold.
+        threshold_at_far[key] = operating_threshold if np.isfinite(operating_threshold) else None
 
     return {
         "accuracy": float(accuracy),
@@ -92,13 +97,20 @@ def pair_scores(
 ) -> tuple[np.ndarray, PairList, list[dict]]:
     """Cosine scores of the pairs whose two keys have embeddings; the others as skipped records."""
     failures = failures or {}
-    usable = np.asarray([a in table and b in table for a, b in zip(pairs.keys_a, pairs.keys_b, strict=True)], dtype=bool)
+    usable = np.asarray(
+        [a in table and b in table for a, b in zip(pairs.keys_a, pairs.keys_b, strict=True)],
+        dtype=bool,
+    )
     skipped = []
     for index in np.flatnonzero(~usable):
         key_a, key_b = pairs.keys_a[index], pairs.keys_b[index]
         missing = [key for key in (key_a, key_b) if key not in table]
-        reason = "; ".join(f"{key}: {failures.get(key, 'no embedding for this key')}" for key in missing)
-        skipped.append({"a": key_a, "b": key_b, "same": bool(pairs.is_same[index]), "reason": reason})
+        reason = "; ".join(
+            f"{key}: {failures.get(key, 'no embedding for this key')}" for key in missing
+        )
+        skipped.append(
+            {"a": key_a, "b": key_b, "same": bool(pairs.is_same[index]), "reason": reason}
+        )
     scored = pairs.subset(usable)
     scores = metrics.cosine_scores(table.rows(scored.keys_a), table.rows(scored.keys_b))
     return scores, scored, skipped

@@ -174,3 +174,15 @@ def test_fit_protocol_applies_the_fitted_threshold_to_every_pair():
     assert summary["threshold"] == pytest.approx(expected_threshold)
     assert summary["accuracy"] == pytest.approx(np.mean((scores >= expected_threshold) == is_same))
     assert summary["protocol"] == "threshold fitted on --fit-pairs"
+
+
+def test_unreachable_operating_point_is_null_not_infinity_in_json():
+    import json
+
+    # The best-scoring pair is a different pair: at FAR <= 1e-3 (of 50 negatives) nothing is accepted.
+    scores = np.r_[np.linspace(0.1, 0.8, 50), np.linspace(0.0, 0.7, 49), 0.9]
+    is_same = np.r_[np.ones(50, bool), np.zeros(50, bool)]
+    summary = summarise_scores(scores, is_same, np.arange(100) % 10)
+    assert summary["tar_at_far"]["0.001"] == 0.0
+    assert summary["threshold_at_far"]["0.001"] is None
+    json.dumps(summary, allow_nan=False)
