@@ -1,7 +1,8 @@
 """MODEL on the command line -> a torch module, whichever of the accepted forms it takes.
 
-- a checkpoint path (`pipeline.checkpoint.load_backbone`), or a TorchScript file from
-  `facetrain export` (so an exported model can be evaluated like the original);
+- a training checkpoint (`checkpoint.dir` or one `step-*` folder, via
+  `pipeline.checkpoint.load_backbone`), or a TorchScript file from `facetrain export` (so an
+  exported model can be evaluated like the original);
 - an MLflow run id (32 hex digits) -> `runs:/<id>/model`, the backbone the trainer logged;
 - a `runs:/...` or `models:/name/version` (or `models:/name@alias`) URI -> mlflow.pytorch.
 
@@ -34,9 +35,7 @@ class LoadedModel:
 def load_model(reference: str, device: str = "cpu") -> LoadedModel:
     path = Path(reference)
     if path.exists():
-        if not path.is_file():
-            raise ValueError(f"MODEL {reference}: is a folder, expected a checkpoint file")
-        return LoadedModel(_load_file(path, device), uri=str(path))
+        return LoadedModel(_load_path(path, device), uri=str(path))
     if RUN_ID.match(reference):
         uri = f"runs:/{reference}/{LOGGED_MODEL_NAME}"
         return LoadedModel(_load_mlflow(uri, device), uri=uri, run_id=reference)
@@ -59,16 +58,22 @@ def is_torchscript(path: Path) -> bool:
         return any("/code/" in name for name in archive.namelist())
 
 
-def _load_file(path: Path, device: str) -> torch.nn.Module:
+def _load_path(path: Path, device: str) -> torch.nn.Module:
+    """A TorchScript file, or a training checkpoint (a `checkpoint.dir` or one step folder)."""
     import torch
 
-    if is_torchscript(path):
+    if path.is_file() and is_torchscript(path):
         with warnings.catch_warnings():  # deprecated in favour of torch.export, still supported
             warnings.simplefilter("ignore", DeprecationWarning)
             return torch.jit.load(str(path), map_location=device).eval()
     from pipeline.checkpoint import load_backbone
 
-    return load_backbone(path).to(device).eval()
+    try:
+        return load_backbone(path).to(device).eval()
+    except FileNotFoundError as err:
+        raise ValueError(
+            f"MODEL {path}: neither a TorchScript file nor a facetrain checkpoint ({err})"
+        ) from err
 
 
 def _load_mlflow(uri: str, device: str) -> torch.nn.Module:

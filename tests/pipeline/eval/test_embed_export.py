@@ -126,3 +126,29 @@ def test_onnx_export_gives_the_same_outputs(tmp_path):
     (exported,) = session.run(None, {"images": images.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(exported, model(images).numpy(), atol=1e-5)
+
+
+def test_model_reference_to_a_training_checkpoint(tmp_path):
+    checkpoint = pytest.importorskip("pipeline.checkpoint")
+    from pipeline.config import TrainConfig
+    from pipeline.models import build_backbone
+
+    config = TrainConfig.model_validate({
+        "data": {"shards": "unused"}, "model": {"backbone": "tiny", "embedding_size": 16},
+        "loss": [{"type": "softmax"}],
+    }).model_dump(mode="json")
+    torch.manual_seed(0)
+    backbone = build_backbone("tiny", 16).eval()
+    checkpoint.save_checkpoint(
+        tmp_path / "ckpt", step=5, rank=0, world_size=1, barrier=lambda: None, config=config,
+        backbone_state=backbone.state_dict(), replicated={}, shard=None, rank_local={},
+    )
+    faces = np.random.default_rng(4).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+    expected = embed_faces(backbone, faces)
+    for reference in (tmp_path / "ckpt", tmp_path / "ckpt" / "step-00000005"):
+        loaded = load_model(str(reference))
+        assert loaded.run_id is None
+        np.testing.assert_allclose(embed_faces(loaded.module, faces), expected, atol=1e-6)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="neither a TorchScript file nor a facetrain checkpoint"):
+        load_model(str(tmp_path / "empty"))
