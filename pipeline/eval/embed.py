@@ -101,7 +101,10 @@ class BinImages:
         except ImageError as err:
             raise ImageProblem(err.reason) from err
         if image.size != FACE_SIZE:
-            image = image.resize(FACE_SIZE)  # some .bin files store 112x96 or 128x128 crops
+            # Resizing another crop (SphereFace's 96x112) would distort faces, not align them.
+            raise ValueError(
+                f"bin image {key} is {image.size[0]}x{image.size[1]}, expected an aligned 112x112 face"
+            )
         return image
 
 
