@@ -157,14 +157,16 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def _embedded_table(args: argparse.Namespace, options, loaded, table, min_images: int = 1):
-    """Embeddings for cluster/identify: the file's, or the model's on every image under --images."""
+    """Embeddings for cluster/identify: the file's, or the model's on every image under --images.
+
+    Returns (table, skipped records of the images that could not be embedded)."""
     from collections import Counter
 
     from pipeline.eval import embed_keys, folder_source
     from pipeline.eval.cluster import identity_of
 
     if table is not None:
-        return table
+        return table, []
     if not args.images:
         raise UsageError("--model needs --images ROOT (folders of <identity>/<image>)")
     try:
@@ -177,17 +179,17 @@ def _embedded_table(args: argparse.Namespace, options, loaded, table, min_images
         table, failures = embed_keys(loaded.module, keys, source, options)
     except (FileNotFoundError, ValueError) as err:
         raise UsageError(str(err)) from err
-    _report_skipped([{"a": key, "reason": reason} for key, reason in failures.items()], "images", len(keys))
-    return table
+    skipped = [{"key": key, "reason": reason} for key, reason in failures.items()]
+    _report_skipped(skipped, "images", len(keys))
+    return table, skipped
 
 
 def run_cluster(args: argparse.Namespace) -> int:
-
     from pipeline.eval import evaluate_clustering
 
     options = _options(args)
     loaded, table = _load(args, options)
-    table = _embedded_table(args, options, loaded, table, min_images=args.min_images)
+    table, skipped = _embedded_table(args, options, loaded, table, min_images=args.min_images)
     try:
         summary = evaluate_clustering(
             table, threshold=args.threshold, method=args.linkage, fit_fraction=args.fit_fraction,
@@ -195,7 +197,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         )
     except ValueError as err:
         raise UsageError(str(err)) from err
-    return _finish(args, loaded, summary, "clustering")
+    return _finish(args, loaded, summary, "clustering", skipped)
 
 
 def run_identify(args: argparse.Namespace) -> int:
@@ -203,7 +205,7 @@ def run_identify(args: argparse.Namespace) -> int:
 
     options = _options(args)
     loaded, table = _load(args, options)
-    table = _embedded_table(args, options, loaded, table)
+    table, skipped = _embedded_table(args, options, loaded, table)
     try:
         summary = evaluate_identification(
             table, ranks=args.ranks, gallery_per_identity=args.gallery_per_identity,
@@ -211,10 +213,10 @@ def run_identify(args: argparse.Namespace) -> int:
         )
     except ValueError as err:
         raise UsageError(str(err)) from err
-    return _finish(args, loaded, summary, "identification")
+    return _finish(args, loaded, summary, "identification", skipped)
 
 
-def _finish(args: argparse.Namespace, loaded, summary: dict, title: str) -> int:
+def _finish(args: argparse.Namespace, loaded, summary: dict, title: str, skipped: list[dict]) -> int:
     from rich.console import Console
 
     from pipeline.eval.report import figures_table
@@ -222,6 +224,8 @@ def _finish(args: argparse.Namespace, loaded, summary: dict, title: str) -> int:
 
     summary["model"] = loaded.uri if loaded else None
     summary["embeddings"] = args.embeddings
+    summary["skipped_images"] = len(skipped)
+    summary["skipped"] = skipped
     console = Console()
     console.print(figures_table(summary, title=f"{title}: {args.name}"))
     _write_json(args.json, summary, console)
@@ -249,7 +253,7 @@ def _report_skipped(skipped: list[dict], what: str, total: int) -> None:
         return
     print(f"warning: skipped {len(skipped)} of {total} {what} (left out of every figure):", file=sys.stderr)
     for record in skipped[:SKIPPED_SHOWN]:
-        keys = " ".join(key for key in (record.get("a"), record.get("b")) if key)
+        keys = " ".join(record[field] for field in ("key", "a", "b") if record.get(field))
         print(f"  {keys}: {record['reason']}", file=sys.stderr)
     if len(skipped) > SKIPPED_SHOWN:
         print(f"  ... and {len(skipped) - SKIPPED_SHOWN} more (all listed in --json)", file=sys.stderr)

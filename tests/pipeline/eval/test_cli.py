@@ -1,6 +1,7 @@
 """`facetrain eval|embed|export` end to end on a synthetic face folder."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -52,8 +53,18 @@ def test_cluster_and_identify_write_json(faces, tmp_path):
         assert main(["eval", task, "--model", str(model), "--images", str(root / "images"),
                      "--json", str(out), "--no-mlflow", *FAST]) == 0
         summary = json.loads(out.read_text())
-        assert keys <= set(summary)
+        assert keys <= set(summary) and summary["skipped_images"] == 0
         assert summary.get("f1", summary.get("rank1")) == 1.0  # noisy copies: an easy set
+
+    images = tmp_path / "images"
+    shutil.copytree(root / "images", images)
+    (images / "Person_4/Person_4_0002.jpg").write_bytes(b"")
+    out = tmp_path / "identify-skipped.json"
+    assert main(["eval", "identify", "--model", str(model), "--images", str(images),
+                 "--json", str(out), "--no-mlflow", *FAST]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["skipped_images"] == 1 and summary["skipped"][0]["key"] == "Person_4/Person_4_0002.jpg"
+    assert summary["probes"] + summary["gallery_images"] == 29
 
 
 def test_export_cli_writes_an_equivalent_model(faces, tmp_path, capsys):
