@@ -137,7 +137,9 @@ def run_verify(args: argparse.Namespace) -> int:
     console = Console()
     console.print(verification_table(summary, title=f"verification: {name}"))
     _report_skipped(summary.get("skipped", []), "pairs", summary["pairs_listed"])
-    _report_skipped(summary.get("fit_skipped", []), "fit pairs", summary.get("fit_pairs", 0))
+    if args.fit_pairs:
+        fit_listed = summary["fit_pairs"] + summary["fit_skipped_pairs"]
+        _report_skipped(summary["fit_skipped"], "fit pairs", fit_listed)
 
     roc_path = Path(args.roc) if args.roc else (
         Path(args.json).with_suffix(".roc.png") if args.json else Path(f"roc-{name}.png")
