@@ -83,19 +83,34 @@ def run_one(name: str, argv: Sequence[str], timeout: float, folder: Path = HERE)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         result = Path(scratch) / "result.json"
-        command = [sys.executable, "-c", _CHILD, str(folder / f"{name}.py"), json.dumps(list(argv)), str(result)]
+        command = [
+            sys.executable,
+            "-c",
+            _CHILD,
+            str(folder / f"{name}.py"),
+            json.dumps(list(argv)),
+            str(result),
+        ]
         try:
-            process = subprocess.run(command, cwd=REPO, timeout=timeout, capture_output=True, text=True)
+            process = subprocess.run(
+                command, cwd=REPO, timeout=timeout, capture_output=True, text=True
+            )
         except subprocess.TimeoutExpired:
-            return Outcome(name, False, time.perf_counter() - started, error=f"timed out after {timeout:.0f}s")
+            return Outcome(
+                name, False, time.perf_counter() - started, error=f"timed out after {timeout:.0f}s"
+            )
         seconds = time.perf_counter() - started
         if not result.is_file():  # killed hard (signal, OOM) before it could report
             tail = (process.stderr or process.stdout)[-3000:]
-            return Outcome(name, False, seconds, error=f"exited with code {process.returncode}", details=tail)
+            return Outcome(
+                name, False, seconds, error=f"exited with code {process.returncode}", details=tail
+            )
         outcome = json.loads(result.read_text())
     if outcome["ok"]:
         return Outcome(name, True, seconds, markdown=outcome["markdown"].strip())
-    return Outcome(name, False, seconds, error=outcome["error"], details=outcome["traceback"][-3000:])
+    return Outcome(
+        name, False, seconds, error=outcome["error"], details=outcome["traceback"][-3000:]
+    )
 
 
 def machine_description() -> dict[str, str]:
@@ -178,10 +193,14 @@ def failure_markdown(outcome: Outcome) -> str:
 
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes (passed to each benchmark)")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes (passed to each benchmark)"
+    )
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run just these benchmarks")
     parser.add_argument("--skip", nargs="+", default=[], metavar="NAME", help="leave these out")
-    parser.add_argument("--out", type=Path, default=DEFAULT_REPORT, help="report to update (BENCHMARKS.md)")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_REPORT, help="report to update (BENCHMARKS.md)"
+    )
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed per benchmark")
     parser.add_argument("--folder", type=Path, default=HERE, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -190,7 +209,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     if args.only:
         unknown = sorted(set(args.only) - set(available))
         if unknown:
-            parser.error(f"--only {' '.join(unknown)}: no such benchmark; found {', '.join(available)}")
+            parser.error(
+                f"--only {' '.join(unknown)}: no such benchmark; found {', '.join(available)}"
+            )
         names = [name for name in available if name in args.only]
     else:
         names = [name for name in available if name not in RUN_ONLY_WHEN_NAMED]
@@ -207,7 +228,9 @@ def main(argv: Sequence[str] | None = None) -> str:
         bar.set_postfix_str(name)
         outcome = run_one(name, ["--quick"] if args.quick else [], args.timeout, args.folder)
         outcomes.append(outcome)
-        update_section(args.out, name, outcome.markdown if outcome.ok else failure_markdown(outcome))
+        update_section(
+            args.out, name, outcome.markdown if outcome.ok else failure_markdown(outcome)
+        )
         if not outcome.ok:
             tqdm.write(f"{name}: failed: {outcome.error}", file=sys.stderr)
 

@@ -169,8 +169,8 @@ def ensure_experiment(tracking_uri: str, name: str, artifacts: Path) -> str:
     return client.create_experiment(name, artifact_location=artifacts.as_uri())
 
 
-def train_command(layout: DemoLayout, nproc: int) -> list[str]:
-    # The same `facetrain train` a user runs, in a fresh interpreter: its ranks, Ray-free.
+def train_command(config_path: str | Path, nproc: int) -> list[str]:
+    # The same `facetrain train` a user runs, in a fresh interpreter that launches the ranks.
     launcher = "import sys; from jobs.cli import main; sys.exit(main())"
     return [
         sys.executable,
@@ -178,17 +178,25 @@ def train_command(layout: DemoLayout, nproc: int) -> list[str]:
         launcher,
         "train",
         "--config",
-        str(layout.train_config),
+        str(config_path),
         "--nproc",
         str(nproc),
     ]
 
 
-def run_training(layout: DemoLayout, nproc: int, echo=sys.stdout.write) -> str:
-    """Run `facetrain train`, streaming its output (progress bars included); return the run id."""
+def run_train_cli(
+    config_path: str | Path,
+    nproc: int,
+    log_path: str | Path,
+    tracking_uri: str | None = None,
+    echo=sys.stdout.write,
+) -> str:
+    """Run `facetrain train`, streaming its output (progress bars included) to `echo` and
+    `log_path`; return the MLflow run id from its `MLflow run: <id>` line."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")  # one thread per rank: ranks share the cores
-    env["MLFLOW_TRACKING_URI"] = layout.tracking_uri
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
     try:
         import torch
 
@@ -197,9 +205,12 @@ def run_training(layout: DemoLayout, nproc: int, echo=sys.stdout.write) -> str:
     except ImportError:
         pass
     seen = bytearray()
-    with layout.train_log.open("wb") as log:
+    with Path(log_path).open("wb") as log:
         process = subprocess.Popen(
-            train_command(layout, nproc), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+            train_command(config_path, nproc),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
         assert process.stdout is not None
         while chunk := os.read(process.stdout.fileno(), 65536):
@@ -209,12 +220,10 @@ def run_training(layout: DemoLayout, nproc: int, echo=sys.stdout.write) -> str:
         code = process.wait()
     text = seen.decode(errors="replace")
     if code != 0:
-        raise RuntimeError(f"facetrain train exited with code {code}; log: {layout.train_log}")
+        raise RuntimeError(f"facetrain train exited with code {code}; log: {log_path}")
     found = RUN_LINE.findall(text)
     if not found:
-        raise RuntimeError(
-            f"facetrain train printed no 'MLflow run: <id>' line; log: {layout.train_log}"
-        )
+        raise RuntimeError(f"facetrain train printed no 'MLflow run: <id>' line; log: {log_path}")
     return found[-1]
 
 
@@ -277,7 +286,6 @@ def run_demo(
 
     console = console or Console()
     layout = DemoLayout(Path(out))
-    layout.out.mkdir(parents=True, exist_ok=True)
     result = DemoResult(tracking_uri=layout.tracking_uri)
     started = time.perf_counter()
 
@@ -289,7 +297,7 @@ def run_demo(
     def done(name: str, since: float) -> None:
         result.seconds[name] = round(time.perf_counter() - since, 1)
 
-    # Check the training config before spending minutes on data.
+    # Check the training config before spending minutes on data (this also creates --out).
     build_train_config(config, layout)
 
     t = time.perf_counter()
@@ -336,7 +344,9 @@ def run_demo(
     result.experiment_id = ensure_experiment(
         layout.tracking_uri, config.experiment, layout.artifacts
     )
-    result.run_id = run_training(layout, config.nproc)
+    result.run_id = run_train_cli(
+        layout.train_config, config.nproc, layout.train_log, layout.tracking_uri
+    )
     result.training = training_figures(layout.tracking_uri, result.run_id)
     done("train", t)
 
