@@ -20,8 +20,13 @@ def verification_table(summary: dict, title: str = "verification"):
     table.add_row("AUC", f"{summary['auc']:.4f}")
     table.add_row("EER", f"{100 * summary['eer']:.2f}%")
     table.add_row("threshold (cosine)", f"{summary['threshold']:.4f}")
+    unresolved = False
     for far, tar in summary["tar_at_far"].items():
-        table.add_row(f"TAR @ FAR={far}", f"{100 * tar:.2f}%")
+        below_resolution = float(far) < summary.get("far_resolution", 0.0)
+        unresolved |= below_resolution
+        table.add_row(f"TAR @ FAR={far}" + ("*" if below_resolution else ""), f"{100 * tar:.2f}%")
+    if unresolved:
+        table.caption = "* fewer than 1/FAR different pairs: the rate at zero false accepts"
     table.add_row("protocol", summary["protocol"])
     table.add_row(
         "pairs scored", f"{summary['pairs']} of {summary.get('pairs_listed', summary['pairs'])}"
