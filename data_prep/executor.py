@@ -39,6 +39,9 @@ class TaskRunner:
                     options["address"] = self.config.ray_address
                 else:
                     options["num_cpus"] = self.config.workers or os.cpu_count() or 1
+                    # Ray renices its workers to 15 by default, so on a busy machine a prep
+                    # would get a fraction of the CPU a multiprocessing.Pool gets.
+                    options["_system_config"] = {"worker_niceness": 0}
                 ray.init(**options)
                 self._started_ray = True
         return self

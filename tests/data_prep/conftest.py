@@ -88,7 +88,12 @@ def ray_session():
     ray = pytest.importorskip("ray")
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level="ERROR",
+            _system_config={"worker_niceness": 0},
+        )
     yield ray
     if started:
         ray.shutdown()
