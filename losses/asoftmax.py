@@ -14,7 +14,7 @@ from torch import Tensor
 
 from losses.classifier import ShardedClassifierLoss
 from losses.distributed import ProcessGroup
-from losses.margins import _check_margin, sphereface_lambda, sphereface_psi
+from losses.margins import check_margin, sphereface_lambda, sphereface_psi
 
 
 class ASoftmaxLoss(ShardedClassifierLoss):
@@ -37,7 +37,7 @@ class ASoftmaxLoss(ShardedClassifierLoss):
         super().__init__(
             embedding_size, num_classes, group=group, seed=seed, sample_rate=sample_rate
         )
-        _check_margin(margin)
+        check_margin(margin)
         self.margin = margin
         self.lambda_base = lambda_base
         self.lambda_gamma = lambda_gamma

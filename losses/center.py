@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from losses.classifier import check_batch, check_label_range
+from losses.checks import check_batch, check_label_range
 from losses.distributed import ProcessGroup, gather_batch, rank_and_world, sum_across_ranks
 from losses.sharding import ClassShardedMixin, shard_range
 

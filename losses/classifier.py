@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from losses.checks import check_batch, check_label_range
 from losses.cross_entropy import sharded_cross_entropy
 from losses.distributed import ProcessGroup, gather_batch, rank_and_world
 from losses.sampling import remap_target_cols, sample_local_classes
@@ -17,38 +18,6 @@ from losses.sharding import ClassShardedMixin, init_class_rows, shard_range
 
 # Partial FC's initialisation: small enough that the first logits are near zero.
 WEIGHT_INIT_STD = 0.01
-
-
-def check_batch(embeddings: Tensor, labels: Tensor, embedding_size: int | None, owner: str) -> None:
-    """Raise a ValueError naming the bad input when the batch does not fit the loss."""
-    if embeddings.dim() != 2:
-        raise ValueError(
-            f"{owner}: embeddings have shape {tuple(embeddings.shape)}, expected [B, D]"
-        )
-    if embedding_size is not None and embeddings.shape[1] != embedding_size:
-        raise ValueError(
-            f"{owner}: embeddings have {embeddings.shape[1]} features, expected {embedding_size}"
-        )
-    if labels.shape != (embeddings.shape[0],):
-        raise ValueError(
-            f"{owner}: labels have shape {tuple(labels.shape)}, expected [{embeddings.shape[0]}] "
-            "(one class index per embedding)"
-        )
-    if labels.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool):
-        raise ValueError(
-            f"{owner}: labels have dtype {labels.dtype}, expected integer class indices"
-        )
-
-
-def check_label_range(labels: Tensor, num_classes: int, owner: str) -> None:
-    if labels.numel() == 0:
-        return
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= num_classes:
-        bad = low if low < 0 else high
-        raise ValueError(
-            f"{owner}: label {bad} is outside 0…{num_classes - 1} (num_classes={num_classes})"
-        )
 
 
 class ShardedClassifierLoss(ClassShardedMixin, nn.Module):

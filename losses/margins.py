@@ -14,14 +14,14 @@ from torch import Tensor
 SUPPORTED_MARGINS = (1, 2, 3, 4)
 
 
-def _check_margin(margin: int) -> None:
+def check_margin(margin: int) -> None:
     if margin not in SUPPORTED_MARGINS:
         raise ValueError(f"margin={margin!r}: expected an integer in {SUPPORTED_MARGINS}")
 
 
 def cos_multiple_angle(cos_theta: Tensor, margin: int) -> Tensor:
     """cos(mθ) as the Chebyshev polynomial T_m(cos θ)."""
-    _check_margin(margin)
+    check_margin(margin)
     c = cos_theta
     if margin == 1:
         return c
@@ -34,7 +34,7 @@ def cos_multiple_angle(cos_theta: Tensor, margin: int) -> Tensor:
 
 def angle_sector(cos_theta: Tensor, margin: int) -> Tensor:
     """k with θ ∈ [kπ/m, (k+1)π/m], from cos θ (integer-valued, same dtype, no gradient)."""
-    _check_margin(margin)
+    check_margin(margin)
     sector = torch.zeros_like(cos_theta)
     for boundary in range(1, margin):
         sector += (cos_theta.detach() <= math.cos(boundary * math.pi / margin)).to(cos_theta.dtype)

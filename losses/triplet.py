@@ -11,10 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from losses.classifier import check_batch
+from losses.checks import check_batch
 from losses.distributed import (
     ProcessGroup,
-    all_reduce_detached,
     gather_batch,
     sum_across_ranks,
 )
@@ -59,11 +58,11 @@ class TripletLoss(nn.Module):
         positive, negative = triplet_masks(labels, labels_all, anchor_cols)
         sums = MINING_MODES[self.mining](distances, positive, negative, self.margin)
 
-        loss_sum = sum_across_ranks(sums.loss_sum, self.group)
-        counts = torch.stack([sums.num_terms, sums.num_pairs, sums.num_triplets, sums.num_active])
-        num_terms, num_pairs, num_triplets, num_active = all_reduce_detached(
-            counts, self.group
-        ).tolist()
+        # One all-reduce for the loss sum and the counts: float64 holds counts exactly to 2^53.
+        packed = torch.stack([value.to(torch.float64) for value in sums])
+        totals = sum_across_ranks(packed, self.group)
+        loss_sum = totals[0].to(sums.loss_sum.dtype)
+        num_terms, num_pairs, num_triplets, num_active = (int(v) for v in totals[1:].tolist())
         self.last_stats = {
             "valid_pairs": num_pairs,
             "num_triplets": num_triplets,
