@@ -238,3 +238,25 @@ def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
     crashed_meta = json.loads((out / "dataset.json").read_text())
     clean_meta = json.loads((clean / "dataset.json").read_text())
     assert crashed_meta["splits"] == clean_meta["splits"]  # every shard byte-identical (sha256)
+
+
+def test_default_config_file_validates_and_flags_override_it(tmp_path):
+    from jobs.cli import build_parser
+    from jobs.cli.prep import build_config
+
+    args = build_parser().parse_args(
+        [
+            "prep",
+            "SRC",
+            "--out",
+            "OUT",
+            "--config",
+            str(REPO / "configs" / "prep.yaml"),
+            "--shard-size",
+            "7",
+            "--set",
+            "seed=3",
+        ]
+    )
+    config = build_config(args)
+    assert (config.shard_size, config.seed, config.align, config.source) == (7, 3, "arcface", "SRC")
