@@ -1,10 +1,51 @@
-"""`facetrain train`."""
+"""`facetrain train --config FILE [--set k=v ...] [--nproc N]`."""
 
 from __future__ import annotations
 
-from jobs.cli.common import not_implemented
+import argparse
+import sys
+
+from jobs.cli.common import UsageError, add_config_options
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="train (not implemented yet)")
-    parser.set_defaults(func=not_implemented("facetrain train"))
+    parser = subparsers.add_parser(
+        "train",
+        help="train a face embedding model on prepared shards (resumes from checkpoint.dir)",
+        description="Train on `facetrain prep` shards with N local ranks; prints 'MLflow run: <id>'.",
+    )
+    add_config_options(parser)
+    parser.add_argument("--nproc", type=int, default=1, metavar="N", help="local ranks (default 1)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from jobs.config import load_config
+    from pipeline.config import TrainConfig
+
+    if args.config is None:
+        raise UsageError("--config FILE is required (see configs/ for examples)")
+    if args.nproc < 1:
+        raise UsageError(f"--nproc {args.nproc}: expected at least 1")
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+
+    import logging
+
+    from pipeline.run import TrainingFailed, train_local
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        summary = train_local(cfg, args.nproc)
+    except TrainingFailed as err:
+        print(f"facetrain train: error: {err}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from err
+    print(f"checkpoint: {summary.get('checkpoint')}")
+    if summary.get("mlflow_run_id"):
+        print(f"MLflow run: {summary['mlflow_run_id']}")
+    else:
+        print(
+            f"MLflow run: none (tracking unreachable; records kept in {summary.get('tracking_records')})"
+        )
+    return 0

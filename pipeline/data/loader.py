@@ -1,0 +1,174 @@
+"""The per-rank training stream: shards -> identities -> P x K (or shuffled) batches -> tensors.
+
+Layout of the work, fixed by (seed, rank, world size, workers) so a resumed run replays it:
+
+* Training is cut into epochs of `batches_per_epoch` steps, the same on every rank.
+* In epoch e the shards are permuted with (seed, e) and dealt out: rank r takes every
+  world-th shard, and its virtual worker v every W-th of those. An identity lives in exactly
+  one shard, so in any step the ranks (and workers) hold disjoint identities. With fewer
+  shards than rank x worker slots, every slot reads all shards and keeps the labels with
+  `label % slots == slot` instead (same guarantee, more reading).
+* Batch i of a rank comes from virtual worker `i % W`; torch's DataLoader takes batches from
+  its workers round-robin, so starting at step s, loader worker w plays virtual worker
+  (s + w) % W. Resuming at step s replays the sampling decisions of the epoch up to s
+  without decoding any image, so the batches equal those of an uninterrupted run.
+* Random flips of batch i come from a generator seeded with (seed, rank, i).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pipeline.config import DataConfig
+from pipeline.data.samplers import Pick, pk_batches, shuffled_batches
+from pipeline.data.shards import DatasetIndex, Identity, iter_identities
+from pipeline.data.transforms import decode_rgb, hflip
+
+
+class FaceBatches(IterableDataset):
+    """Batches `{"images": uint8 [B,H,W,3], "labels": int64 [B], "step": int}` for one rank."""
+
+    def __init__(
+        self,
+        index: DatasetIndex,
+        data: DataConfig,
+        sampler: Literal["pk", "shuffle"],
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        start_step: int = 0,
+    ):
+        self.index, self.data, self.sampler = index, data, sampler
+        self.rank, self.world_size, self.seed, self.start_step = rank, world_size, seed, start_step
+        self.num_workers = max(1, data.workers)
+        self.slots = world_size * self.num_workers
+        self.batch_size = data.batch.p * data.batch.k
+        per_rank = index.samples // (world_size * self.batch_size)
+        self.batches_per_epoch = max(
+            self.num_workers, per_rank // self.num_workers * self.num_workers
+        )
+        self.mean_count = index.samples / max(1, index.identities)
+        self._check_enough_identities()
+
+    def _check_enough_identities(self) -> None:
+        if self.sampler != "pk":
+            return
+        p = self.data.batch.p
+        smallest = self.index.identities // self.slots
+        if len(self.index.shards) >= self.slots:
+            counts = sorted(shard.identities for shard in self.index.shards)
+            smallest = sum(counts[: len(counts) // self.slots])
+        if smallest < p:
+            raise ValueError(
+                f"data.shards: {self.index.identities} identities in {len(self.index.shards)} shards "
+                f"leave a loader slot (of {self.world_size} ranks x {self.num_workers} workers) only "
+                f"{smallest} identities, fewer than data.batch.p={p}; lower data.workers or data.batch.p"
+            )
+
+    def _sources(self, epoch: int, worker: int) -> tuple[list[str], Callable[[int], bool]]:
+        permuted = [
+            self.index.shards[i].url
+            for i in np.random.default_rng([self.seed, epoch]).permutation(len(self.index.shards))
+        ]
+        slot = self.rank * self.num_workers + worker
+        if len(permuted) >= self.slots:
+            return permuted[self.rank :: self.world_size][
+                worker :: self.num_workers
+            ], lambda label: True
+        return permuted, lambda label: label % self.slots == slot
+
+    def _epoch_picks(self, epoch: int, worker: int) -> Iterator[list[Pick]]:
+        """This worker's batches of `epoch`, in order (its shards re-read as often as needed)."""
+        rng = np.random.default_rng([self.seed, epoch, self.rank, worker])
+        urls, keep = self._sources(epoch, worker)
+
+        def identities() -> Iterator[Identity]:
+            for _ in itertools.count():
+                for position in rng.permutation(len(urls)):
+                    yield from (
+                        identity
+                        for identity in iter_identities(urls[position])
+                        if keep(identity.label)
+                    )
+
+        if self.sampler == "pk":
+            return pk_batches(
+                identities(),
+                self.data.batch.p,
+                self.data.batch.k,
+                self.data.weighting,
+                self.mean_count,
+                self.data.buffer_identities,
+                rng,
+            )
+        samples = (
+            Pick(identity.label, key, image)
+            for identity in identities()
+            for key, image in zip(identity.keys, identity.images, strict=True)
+        )
+        return shuffled_batches(samples, self.batch_size, self.data.shuffle_buffer, rng)
+
+    def picks(self, first_step: int, worker: int) -> Iterator[tuple[int, list[Pick]]]:
+        """(step, picks) for steps first_step, first_step + W, ... of virtual worker `worker`."""
+        step = first_step + (worker - first_step) % self.num_workers
+        while True:
+            epoch = step // self.batches_per_epoch
+            epoch_end = (epoch + 1) * self.batches_per_epoch
+            batches = self._epoch_picks(epoch, worker)
+            # Replay the epoch's earlier batches of this worker: sampling only, no decoding.
+            for _ in range((step - epoch * self.batches_per_epoch) // self.num_workers):
+                next(batches)
+            while step < epoch_end:
+                yield step, next(batches)
+                step += self.num_workers
+
+    def collate(self, step: int, picks: list[Pick]) -> dict:
+        flips = np.random.default_rng([self.seed, self.rank, step]).random(len(picks)) < 0.5
+        images = []
+        for pick, flip in zip(picks, flips, strict=True):
+            pixels = decode_rgb(pick.image, where=f"sample {pick.key}")
+            images.append(hflip(pixels) if self.data.flip and flip else pixels)
+        shapes = {image.shape for image in images}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"step {step}: images of different sizes in one batch: {sorted(shapes)}"
+            )
+        return {
+            "images": torch.from_numpy(np.stack(images)),
+            "labels": torch.tensor([pick.label for pick in picks], dtype=torch.int64),
+            "step": step,
+        }
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        loader_worker = info.id if info is not None else 0
+        first_step = self.start_step + loader_worker
+        worker = first_step % self.num_workers
+        for step, picks in self.picks(first_step, worker):
+            yield self.collate(step, picks)
+
+
+def build_loader(
+    index: DatasetIndex,
+    data: DataConfig,
+    sampler: Literal["pk", "shuffle"],
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    start_step: int = 0,
+) -> DataLoader:
+    """An endless DataLoader of this rank's batches, starting at `start_step`."""
+    dataset = FaceBatches(index, data, sampler, rank, world_size, seed, start_step)
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=data.workers,
+        prefetch_factor=4 if data.workers else None,
+        persistent_workers=False,
+    )

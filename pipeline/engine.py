@@ -1,0 +1,175 @@
+"""The DeepSpeed engine around the backbone, and the optimizers of both halves of the model.
+
+Two halves, two kinds of parallelism:
+
+* the backbone is data-parallel: DeepSpeed averages its gradients over ranks (ZeRO 0/1/2
+  partitions optimizer state and gradients, never the result), clips them and steps;
+* the classifier and centre shards are model-parallel: each rank owns different rows, so
+  they stay out of DeepSpeed (averaging them would mix different classes) and get their
+  own torch optimizer. The losses give each shard exactly dL/dW_shard.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pipeline.config import TrainConfig
+
+OPTIMIZER_STATE_KEYS = {"sgd": ("momentum_buffer",), "adamw": ("exp_avg", "exp_avg_sq")}
+
+
+def resolve_device(cfg: TrainConfig) -> torch.device:
+    if cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
+    """fp32 on CPU, bf16 on GPU unless the config names one."""
+    if cfg.train.precision != "auto":
+        return cfg.train.precision
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
+def make_optimizer(params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    train = cfg.train
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=train.momentum, weight_decay=train.weight_decay
+        )
+    return torch.optim.AdamW(params, lr=lr, weight_decay=train.weight_decay)
+
+
+def deepspeed_config(cfg: TrainConfig, world_size: int, precision: str) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": cfg.data.batch.size,
+        "train_batch_size": cfg.data.batch.size * world_size,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": cfg.train.grad_clip,
+        "zero_optimization": {"stage": cfg.train.zero_stage},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "initial_scale_power": 16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+        "zero_allow_untested_optimizer": True,
+    }
+
+
+def build_engine(backbone: nn.Module, cfg: TrainConfig, world_size: int, precision: str):
+    """`deepspeed.initialize` on an already-initialised process group; returns the engine."""
+    import deepspeed
+
+    # DeepSpeed insists on launcher variables even when the process group already exists
+    # (e.g. tests/dist.py or a hand-made group): derive them from the group.
+    if dist.is_initialized():
+        os.environ.setdefault("RANK", str(dist.get_rank()))
+        os.environ.setdefault("WORLD_SIZE", str(dist.get_world_size()))
+        os.environ.setdefault("LOCAL_RANK", str(dist.get_rank()))
+    optimizer = make_optimizer(backbone.parameters(), cfg, cfg.train.lr)
+    engine, *_ = deepspeed.initialize(
+        model=backbone,
+        optimizer=optimizer,
+        config=deepspeed_config(cfg, world_size, precision),
+        dist_init_required=False,
+    )
+    return engine
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+@torch.no_grad()
+def clip_sharded_grad_norm_(params: list[nn.Parameter], max_norm: float, group=None) -> float:
+    """Clip shards of one logical tensor set by their *global* norm (sum of squares across
+    ranks), so N ranks clip exactly like one process holding every row. Returns the norm."""
+    grads = [p.grad for p in params if p.grad is not None]
+    squares = torch.zeros((), dtype=torch.float64)
+    for grad in grads:
+        squares += grad.detach().double().pow(2).sum().cpu()
+    if dist.is_initialized() and dist.get_world_size(group) > 1:
+        dist.all_reduce(squares, group=group)
+    norm = math.sqrt(float(squares))
+    if max_norm > 0 and grads:
+        scale = max_norm / (norm + 1e-6)
+        if scale < 1.0:
+            for grad in grads:
+                grad.mul_(scale)
+    return norm
+
+
+@torch.no_grad()
+def average_buffers(module: nn.Module, group=None) -> None:
+    """Average floating buffers (BatchNorm running statistics) over ranks, so every rank
+    holds the same model and a checkpoint does not depend on which rank wrote it."""
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return
+    buffers = [b for b in module.buffers() if b.is_floating_point()]
+    if not buffers:
+        return
+    flat = torch.cat([b.reshape(-1).float() for b in buffers])
+    dist.all_reduce(flat, group=group)
+    flat /= dist.get_world_size(group)
+    offset = 0
+    for buffer in buffers:
+        buffer.copy_(flat[offset : offset + buffer.numel()].view_as(buffer))
+        offset += buffer.numel()
+
+
+def _base_optimizer(optimizer):
+    """The torch optimizer inside DeepSpeed's wrappers (ZeRO, bf16)."""
+    while hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+def _is_partitioned(param: nn.Parameter) -> bool:
+    return hasattr(param, "_hp_mapping") or hasattr(param, "ds_id")
+
+
+def backbone_optimizer_state(engine, named_params: dict[str, nn.Parameter], optimizer: str) -> dict:
+    """{"params": {name: {state key: full fp32 tensor}}, "step": n} for any ZeRO stage.
+
+    Keyed by parameter name and never partitioned, so it loads under any world size.
+    A collective call under ZeRO 1/2 (the owner ranks assemble each tensor): call on every rank.
+    """
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    base = _base_optimizer(engine.optimizer)
+    params: dict = {}
+    for name, param in named_params.items():
+        entry = {}
+        for key in OPTIMIZER_STATE_KEYS[optimizer]:
+            if _is_partitioned(param):
+                value = safe_get_full_optimizer_state(param, key)
+            else:
+                value = base.state.get(param, {}).get(key)
+            if value is not None:
+                entry[key] = value.detach().float().cpu().clone()
+        params[name] = entry
+    steps = [state["step"] for state in base.state.values() if "step" in state]
+    return {"params": params, "step": float(steps[0]) if steps else None}
+
+
+def load_backbone_optimizer_state(
+    engine, named_params: dict[str, nn.Parameter], state: dict
+) -> None:
+    from deepspeed.utils import safe_set_full_optimizer_state
+
+    base = _base_optimizer(engine.optimizer)
+    for name, param in named_params.items():
+        for key, value in state["params"].get(name, {}).items():
+            if _is_partitioned(param):
+                safe_set_full_optimizer_state(param, value.to(param.device), key)
+            else:
+                base.state[param][key] = value.to(param.device, param.dtype).clone()
+    if state.get("step") is not None:
+        for param_state in base.state.values():
+            if "step" in param_state or state["params"]:
+                param_state["step"] = torch.tensor(state["step"])

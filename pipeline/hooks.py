@@ -1,0 +1,123 @@
+"""Side effects attached around the training loop (TFace style): checkpoints, progress.
+
+A hook sees the trainer at three moments; the loop in `pipeline.run` knows nothing about
+what they do. MLflow tracking is a hook too (`pipeline.tracking.MlflowHook`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch.distributed as dist
+from tqdm import tqdm
+
+from pipeline import checkpoint
+from pipeline.config import TrainConfig
+from pipeline.trainer import StepOutput, Trainer
+
+log = logging.getLogger("facetrain.train")
+
+
+class Hook:
+    def on_start(self, trainer: Trainer) -> None:
+        pass
+
+    def after_step(self, trainer: Trainer, out: StepOutput) -> None:
+        pass
+
+    def on_end(self, trainer: Trainer, summary: dict) -> None:
+        pass
+
+
+def _barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+class CheckpointHook(Hook):
+    """Saves every `checkpoint.every` steps and at the end; `restore` resumes a run."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.last_saved: int | None = None
+
+    def restore(self, trainer: Trainer) -> bool:
+        """Load the newest complete checkpoint of checkpoint.dir, if any (any world size)."""
+        found = checkpoint.find_checkpoint(self.cfg.checkpoint.dir)
+        if found is None:
+            return False
+        meta = checkpoint.read_meta(found)
+        backbone, replicated = checkpoint.load_replicated(found)
+        same_world = meta["world_size"] == trainer.world_size
+        rank_local = checkpoint.load_rank_local(found, trainer.rank) if same_world else None
+        trainer.load_checkpoint_state(
+            backbone, replicated, checkpoint.load_shards(found), rank_local
+        )
+        self.last_saved = trainer.step
+        if trainer.rank == 0:
+            note = (
+                ""
+                if same_world
+                else f" (written by {meta['world_size']} ranks, resharded to {trainer.world_size})"
+            )
+            log.warning("resuming from %s at step %d%s", found, trainer.step, note)
+        return True
+
+    def save(self, trainer: Trainer) -> None:
+        state = trainer.checkpoint_state()
+        checkpoint.save_checkpoint(
+            self.cfg.checkpoint.dir,
+            trainer.step,
+            trainer.rank,
+            trainer.world_size,
+            _barrier,
+            config=self.cfg.model_dump(mode="json"),
+            backbone_state=state["backbone"] if trainer.rank == 0 else None,
+            replicated=state["replicated"] if trainer.rank == 0 else None,
+            shard=state["shard"],
+            rank_local=state["rank_local"],
+            keep=self.cfg.checkpoint.keep,
+        )
+        self.last_saved = trainer.step
+
+    def after_step(self, trainer: Trainer, out: StepOutput) -> None:
+        if trainer.step % self.cfg.checkpoint.every == 0 and trainer.step < self.cfg.train.steps:
+            self.save(trainer)
+
+    def on_end(self, trainer: Trainer, summary: dict) -> None:
+        if self.last_saved != trainer.step:
+            self.save(trainer)
+        summary["checkpoint"] = str(checkpoint.find_checkpoint(self.cfg.checkpoint.dir))
+
+
+class ProgressHook(Hook):
+    """A progress bar with the loss on rank 0, and a warning for every skipped step."""
+
+    def __init__(self, total_steps: int, enabled: bool = True):
+        self.total_steps = total_steps
+        self.enabled = enabled
+        self.bar: tqdm | None = None
+
+    def on_start(self, trainer: Trainer) -> None:
+        if self.enabled:
+            self.bar = tqdm(
+                total=self.total_steps,
+                initial=trainer.step,
+                desc="train",
+                unit="step",
+                dynamic_ncols=True,
+            )
+
+    def after_step(self, trainer: Trainer, out: StepOutput) -> None:
+        if out.skipped and trainer.rank == 0:
+            log.warning(
+                "step %d skipped: %s (%d in a row)", out.step, out.reason, trainer.nonfinite_in_row
+            )
+        if self.bar is not None:
+            self.bar.update(1)
+            if not out.skipped:
+                self.bar.set_postfix(loss=f"{out.loss:.4f}", lr=f"{out.lr:.3g}", refresh=False)
+
+    def on_end(self, trainer: Trainer, summary: dict) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,235 @@
+"""MLflow tracking as a hook on rank 0, that never stops training.
+
+Every record (params, tags, metrics) is appended to `<checkpoint.dir>/tracking/records.jsonl`
+first, then sent to MLflow. If a call to the tracking server fails, the hook warns once,
+stops talking to the server and goes on writing the local file; `upload_records` sends such
+a file to a server later as a new run.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.config import TrainConfig
+from pipeline.hooks import Hook
+from pipeline.trainer import StepOutput, Trainer
+
+log = logging.getLogger("facetrain.tracking")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    """{"a": {"b": 1}} -> {"a.b": "1"}; lists of sections become a.0.x (MLflow params are flat)."""
+    flat: dict[str, str] = {}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) or (
+            isinstance(value, list) and value and isinstance(value[0], dict)
+        ):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, list) else str(value)
+    return flat
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def manifest_hash(manifest: dict) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def step_metrics(out: StepOutput) -> dict[str, float]:
+    metrics = {"loss": out.loss, "lr": out.lr}
+    metrics.update({f"loss/{name}": value for name, value in out.terms.items()})
+    metrics.update(out.stats)
+    if out.grad_norm is not None:
+        metrics["grad_norm"] = out.grad_norm
+    if out.head_grad_norm is not None:
+        metrics["head_grad_norm"] = out.head_grad_norm
+    return metrics
+
+
+class MlflowHook(Hook):
+    def __init__(self, cfg: TrainConfig, manifest: dict, world_size: int):
+        self.cfg = cfg
+        self.manifest = manifest
+        self.world_size = world_size
+        self.records_path = Path(cfg.checkpoint.dir) / "tracking" / "records.jsonl"
+        self.offline = False
+        self.run_id: str | None = None
+        self._pending: list[tuple[int, dict[str, float]]] = []
+        self._window_samples = 0
+        self._window_start = time.perf_counter()
+
+    # ---------------------------------------------------------------- plumbing
+    def _record(self, kind: str, payload: dict) -> None:
+        self.records_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.records_path, "a") as handle:
+            handle.write(json.dumps({"kind": kind, **payload}) + "\n")
+
+    def _call(self, what: str, fn: Callable, *args, **kwargs) -> Any:
+        if self.offline:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # any failure of the tracking side must not stop training
+            self.offline = True
+            log.warning(
+                "MLflow %s failed (%s: %s); training continues without tracking, records kept in %s",
+                what,
+                type(err).__name__,
+                str(err).splitlines()[0][:200] if str(err) else "",
+                self.records_path,
+            )
+            return None
+
+    # ---------------------------------------------------------------- hook
+    def on_start(self, trainer: Trainer) -> None:
+        import mlflow
+
+        # Fail fast instead of MLflow's minutes of retries against an unreachable server.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        if self.cfg.mlflow.tracking_uri:
+            mlflow.set_tracking_uri(self.cfg.mlflow.tracking_uri)
+        resumed_id = trainer.extra_state.get("mlflow_run_id")
+        params = flatten(self.cfg.model_dump(mode="json"))
+        tags = {
+            "git_commit": git_commit(),
+            "world_size": str(self.world_size),
+            "data_manifest_sha256": manifest_hash(self.manifest),
+            "backbone": self.cfg.model.backbone,
+        }
+        self._record("start", {"params": params, "tags": tags, "resumed_run_id": resumed_id})
+
+        def start() -> Any:
+            mlflow.set_experiment(self.cfg.mlflow.experiment)
+            return mlflow.start_run(run_id=resumed_id, run_name=self.cfg.mlflow.run_name)
+
+        run = self._call("start_run", start)
+        if run is None:
+            return
+        self.run_id = run.info.run_id
+        trainer.extra_state["mlflow_run_id"] = self.run_id
+        if resumed_id is None:
+            self._call("log_params", mlflow.log_params, params)
+        self._call("set_tags", mlflow.set_tags, tags)
+        self._call("log_dict", mlflow.log_dict, self.cfg.model_dump(mode="json"), "config.yaml")
+        self._call("log_dict", mlflow.log_dict, self.manifest, "dataset.json")
+
+    def after_step(self, trainer: Trainer, out: StepOutput) -> None:
+        self._window_samples += out.samples
+        if out.skipped:
+            return
+        self._pending.append((out.step, step_metrics(out)))
+        if trainer.step % self.cfg.train.log_every == 0 or trainer.step >= self.cfg.train.steps:
+            self.flush(trainer)
+
+    def flush(self, trainer: Trainer) -> None:
+        import mlflow
+
+        if not self._pending:
+            return
+        elapsed = time.perf_counter() - self._window_start
+        last_step, last = self._pending[-1]
+        last["samples_per_s"] = self._window_samples / max(elapsed, 1e-9)
+        last["skipped_steps"] = float(trainer.skipped_steps)
+        for step, metrics in self._pending:
+            self._record("metrics", {"step": step, "metrics": metrics})
+        batch = [
+            mlflow.entities.Metric(key, float(value), int(time.time() * 1000), step)
+            for step, metrics in self._pending
+            for key, value in metrics.items()
+        ]
+        if self.run_id is not None:
+            self._call("log_metrics", mlflow.MlflowClient().log_batch, self.run_id, metrics=batch)
+        self._pending.clear()
+        self._window_samples = 0
+        self._window_start = time.perf_counter()
+
+    def on_end(self, trainer: Trainer, summary: dict) -> None:
+        import mlflow
+
+        self.flush(trainer)
+        self._record(
+            "end",
+            {"summary": {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}},
+        )
+        summary["mlflow_run_id"] = None if self.offline else self.run_id
+        summary["tracking_records"] = str(self.records_path)
+        if self.run_id is None or self.offline:
+            return
+        if self.cfg.mlflow.log_model:
+            self._call("log_model", self._log_model, trainer.backbone)
+        self._call("end_run", mlflow.end_run)
+        summary["mlflow_run_id"] = None if self.offline else self.run_id
+
+    def _log_model(self, backbone: torch.nn.Module) -> None:
+        import mlflow
+        from mlflow.models import infer_signature
+
+        model = copy.deepcopy(backbone).float().cpu().eval()
+        example = np.zeros((1, 3, 112, 112), dtype=np.float32)
+        with torch.no_grad():
+            output = model(torch.from_numpy(example)).numpy()
+        mlflow.pytorch.log_model(
+            model,
+            name="model",
+            input_example=example,
+            signature=infer_signature(example, output),
+            registered_model_name=self.cfg.mlflow.registered_model,
+            # Explicit requirements: inferring them would re-import the model in a subprocess.
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+        )
+
+
+def upload_records(
+    records: str | Path, tracking_uri: str | None = None, experiment: str = "facetrain"
+) -> str:
+    """Send a `records.jsonl` kept while the server was unreachable to MLflow as a new run."""
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    client = mlflow.MlflowClient()
+    with mlflow.start_run() as run:
+        for line in Path(records).read_text().splitlines():
+            record = json.loads(line)
+            if record["kind"] == "start":
+                mlflow.log_params(record["params"])
+                mlflow.set_tags({**record["tags"], "uploaded_from": str(records)})
+            elif record["kind"] == "metrics":
+                now = int(time.time() * 1000)
+                client.log_batch(
+                    run.info.run_id,
+                    metrics=[
+                        mlflow.entities.Metric(k, float(v), now, record["step"])
+                        for k, v in record["metrics"].items()
+                    ],
+                )
+        return run.info.run_id
