@@ -57,8 +57,11 @@ def sharded_cross_entropy(
 ) -> Tensor:
     """Mean cross-entropy of the global batch; `target_cols` is -1 where another rank owns the class.
 
-    With one rank this is `F.cross_entropy` and takes no collective.
+    With one rank this is `F.cross_entropy` and takes no collective. Half-precision logits
+    are upcast: an fp16 exp-sum over a million classes would overflow.
     """
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
     if rank_and_world(group)[1] == 1:
         return F.cross_entropy(logits, target_cols)
     return _ShardedCrossEntropy.apply(logits, target_cols, group)

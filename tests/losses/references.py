@@ -18,7 +18,7 @@ def softmax_loss(x, weight, bias, labels):
             x[i] @ weight[j] + (bias[j] if bias is not None else 0.0)
             for j in range(weight.shape[0])
         ]
-        top = max(float(v) for v in logits)
+        top = max(float(v.detach()) for v in logits)
         log_norm = top + torch.log(sum(torch.exp(v - top) for v in logits))
         terms.append(log_norm - logits[int(labels[i])])
     return sum(terms) / len(terms)
@@ -44,7 +44,7 @@ def asoftmax_loss(x, weight, labels, m, lam):
                 logits.append(norm * (lam * cos + sphereface_psi_by_angle(theta, m)) / (1 + lam))
             else:
                 logits.append(norm * cos)
-        top = max(float(v) for v in logits)
+        top = max(float(v.detach()) for v in logits)
         log_norm = top + torch.log(sum(torch.exp(v - top) for v in logits))
         terms.append(log_norm - logits[int(labels[i])])
     return sum(terms) / len(terms)

@@ -67,6 +67,11 @@ CASES = {
         labels="spread",
         kwargs=dict(margin=0.5, mining="semihard"),
     ),
+    # 2 classes: with N=3 the last rank owns none and must still take part.
+    "softmax_tiny": dict(loss="softmax", dtype=torch.float64, classes=2, kwargs=dict(seed=10)),
+    "center_tiny": dict(
+        loss="center", dtype=torch.float64, classes=2, steps=2, kwargs=dict(alpha=0.5)
+    ),
     "softmax_sampled": dict(
         loss="softmax", dtype=torch.float64, classes=40, kwargs=dict(seed=8, sample_rate=0.25)
     ),
@@ -143,9 +148,35 @@ def _run_case(name, case, world, rank, group):
     return out
 
 
+def _single_rank_groups_take_no_collective(rank, world):
+    """Each rank alone in a group of one: the loss must equal group=None and issue nothing."""
+    groups = [dist.new_group([r]) for r in range(world)]  # every rank creates every group
+    calls = []
+    originals = {name: getattr(dist, name) for name in ("all_gather", "all_reduce", "barrier")}
+    for name, original in originals.items():
+        setattr(
+            dist,
+            name,
+            lambda *a, _name=name, _orig=original, **k: calls.append(_name) or _orig(*a, **k),
+        )
+    try:
+        x = torch.randn(5, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(rank))
+        labels = torch.tensor([0, 1, 1, 2, 0])
+        values = {}
+        for kind in ("softmax", "asoftmax", "center", "triplet"):
+            case = dict(loss=kind, dtype=torch.float64, classes=3, kwargs={})
+            values[kind] = [_build(case, world, group)(x, labels) for group in (groups[rank], None)]
+    finally:
+        for name, original in originals.items():
+            setattr(dist, name, original)
+    return {"calls": calls, "values": values}
+
+
 def _all_cases(rank, world):
     group = dist.group.WORLD
-    return {name: _run_case(name, case, world, rank, group) for name, case in CASES.items()}
+    results = {name: _run_case(name, case, world, rank, group) for name, case in CASES.items()}
+    results["single_rank_groups"] = _single_rank_groups_take_no_collective(rank, world)
+    return results
 
 
 @pytest.fixture(scope="module", params=[2, 3], ids=["N2", "N3"])
@@ -186,6 +217,15 @@ def _tolerance(case):
 
 
 EXACT = [name for name, case in CASES.items() if case["kwargs"].get("sample_rate", 1.0) == 1.0]
+
+
+def test_group_of_one_rank_takes_no_collective(ranks):
+    _, results = ranks
+    for result in results:
+        probe = result["single_rank_groups"]
+        assert probe["calls"] == []
+        for kind, (with_group, without) in probe["values"].items():
+            assert torch.equal(with_group, without), kind
 
 
 @pytest.mark.parametrize("name", EXACT)
