@@ -40,6 +40,10 @@ class PrepConfig(BaseModel):
     reencode: bool = Field(
         default=False, description="with --align none: re-encode JPEGs that could pass through"
     )
+    image_library: Literal["pil", "opencv"] = Field(
+        default="pil",
+        description="decode/warp/encode with PIL, or OpenCV (faster; the `opencv` extra)",
+    )
     max_image_pixels: int = Field(
         default=64_000_000, ge=1, description="larger images are rejected as decompression bombs"
     )

@@ -176,3 +176,23 @@ def test_ray_tasks_write_byte_identical_shards(ray_session, inline_run, syntheti
     assert ray_meta["splits"] == inline_meta["splits"]  # names, counts, sizes and sha256
     for name in ("manifest.parquet", "identities.parquet", "rejects.parquet"):
         assert pq.read_table(out_ray / name).equals(pq.read_table(out_inline / name)), name
+
+
+def test_opencv_library_gives_the_same_samples_and_rejects(inline_run, synthetic, tmp_path):
+    pytest.importorskip("cv2")
+    out_pil, _ = inline_run
+    out = tmp_path / "cv"
+    run_prep(_config(synthetic, out, image_library="opencv"))
+    for name in ("manifest.parquet", "rejects.parquet"):
+        ours = pq.read_table(out / name).drop_columns(
+            ["bytes"] if name == "manifest.parquet" else []
+        )
+        theirs = pq.read_table(out_pil / name).drop_columns(
+            ["bytes"] if name == "manifest.parquet" else []
+        )
+        assert ours.equals(theirs), name
+    template = TEMPLATES["arcface"].points
+    for tar in sorted((out / "shards").glob("*.tar")):
+        for sample in wds.WebDataset(str(tar), shardshuffle=False):
+            pixels = np.asarray(Image.open(io.BytesIO(sample["jpg"])).convert("RGB"))
+            assert np.abs(dot_centres(pixels, template) - template).max() < 1.0

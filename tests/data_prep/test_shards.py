@@ -3,6 +3,7 @@
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from data_prep import shards
@@ -56,3 +57,45 @@ def test_pre_aligned_jpeg_passes_through_and_sphereface_crops_it():
     assert size == (96, 112)
     expected = np.asarray(Image.open(io.BytesIO(data)))[:, 8:104].astype(float)
     assert np.abs(np.asarray(Image.open(io.BytesIO(cropped))).astype(float) - expected).mean() < 2.0
+
+
+def test_opencv_path_matches_the_pil_path():
+    pytest.importorskip("cv2")
+    angle = -0.2
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    template = TEMPLATES["arcface"].points
+    for canvas, factor, fmt in (
+        ((1800, 1400), 7.0, "jpeg"),
+        ((200, 220), 1.3, "png"),
+        ((200, 220), 1.3, "jpeg"),
+    ):
+        points = factor * (template - 56) @ rot.T + np.array(canvas) / 2
+        image = face_image(points, canvas, seed=5, radius=3.5 * factor)
+        data = jpeg_bytes(image) if fmt == "jpeg" else _png(image)
+        outputs = {}
+        for library in ("pil", "opencv"):
+            config = PrepConfig(source="s", out="o", image_library=library)
+            jpg, size, _ = shards.process_image(data, points.ravel().tolist(), config, "x")
+            outputs[library] = np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB")).astype(float)
+            assert size == (112, 112)
+            assert np.abs(dot_centres(outputs[library], template) - template).max() < 1.0
+        assert np.abs(outputs["pil"] - outputs["opencv"]).mean() < 3.0, (canvas, fmt)
+
+
+def test_opencv_path_refuses_a_cut_off_jpeg():
+    pytest.importorskip("cv2")
+    from data_prep.images import ImageError
+
+    data = jpeg_bytes(face_image(TEMPLATES["arcface"].points, (112, 112), seed=6))
+    config = PrepConfig(source="s", out="o", image_library="opencv")
+    with pytest.raises(ImageError) as caught:
+        shards.process_image(
+            data[: len(data) // 2], TEMPLATES["arcface"].points.ravel().tolist(), config, "cut.jpg"
+        )
+    assert caught.value.reason == "truncated or corrupt image"
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
