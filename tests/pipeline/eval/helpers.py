@@ -17,14 +17,18 @@ class ProjectionNet(nn.Module):
         self.pool = nn.AvgPool2d(4)  # 112 -> 28: a small linear layer
         self.linear = nn.Linear(3 * 28 * 28, embedding_size)
         with torch.no_grad():
-            self.linear.weight.copy_(torch.randn(embedding_size, 3 * 28 * 28, generator=generator) * 0.02)
+            self.linear.weight.copy_(
+                torch.randn(embedding_size, 3 * 28 * 28, generator=generator) * 0.02
+            )
             self.linear.bias.zero_()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.linear(self.pool(images).flatten(1))
 
 
-def write_face_folder(root: Path, identities: int = 6, per_identity: int = 3, seed: int = 0) -> list[str]:
+def write_face_folder(
+    root: Path, identities: int = 6, per_identity: int = 3, seed: int = 0
+) -> list[str]:
     """ROOT/Person_k/Person_k_000i.jpg: noisy JPEG copies of one random base image per identity."""
     rng = np.random.default_rng(seed)
     keys = []
@@ -43,7 +47,10 @@ def write_face_folder(root: Path, identities: int = 6, per_identity: int = 3, se
 def write_pairs_file(path: Path, identities: int, per_identity: int) -> Path:
     """A View-1 style file: N same lines then N different lines over write_face_folder's names."""
     same = [f"Person_{p}\t1\t{i}" for p in range(identities) for i in range(2, per_identity + 1)]
-    different = [f"Person_{p}\t1\tPerson_{(p + 1) % identities}\t{i}"
-                 for p in range(identities) for i in range(2, per_identity + 1)]
+    different = [
+        f"Person_{p}\t1\tPerson_{(p + 1) % identities}\t{i}"
+        for p in range(identities)
+        for i in range(2, per_identity + 1)
+    ]
     path.write_text(f"{len(same)}\n" + "\n".join(same + different) + "\n")
     return path

@@ -41,8 +41,12 @@ def test_clustering_metrics_match_references(seed):
     )
     # String labels (identity names) and edge cases agree with scikit-learn too.
     names = np.asarray([f"id{label}" for label in true_labels])
-    assert normalized_mutual_information(names, np.zeros(80)) == pytest.approx(normalized_mutual_info_score(names, np.zeros(80)))
-    assert normalized_mutual_information(np.zeros(5), np.zeros(5)) == normalized_mutual_info_score(np.zeros(5), np.zeros(5))
+    assert normalized_mutual_information(names, np.zeros(80)) == pytest.approx(
+        normalized_mutual_info_score(names, np.zeros(80))
+    )
+    assert normalized_mutual_information(np.zeros(5), np.zeros(5)) == normalized_mutual_info_score(
+        np.zeros(5), np.zeros(5)
+    )
 
 
 def blobs(rng, identities, per_identity, spread, dim=16, prefix="P"):
@@ -92,9 +96,12 @@ def test_rank_k_matches_brute_force():
     table = blobs(rng, 12, 4, 1.0, dim=6)  # noisy: ranks spread out
     labels = np.asarray([key.split("/")[0] for key in table.keys])
     gallery, probes = split_gallery_probe(labels, gallery_per_identity=2, seed=0)
-    ranks = probe_ranks(table.embeddings[gallery], labels[gallery], table.embeddings[probes], labels[probes])
+    ranks = probe_ranks(
+        table.embeddings[gallery], labels[gallery], table.embeddings[probes], labels[probes]
+    )
     expected = [
-        brute_rank(table.embeddings[gallery], labels[gallery], table.embeddings[p], labels[p]) for p in probes
+        brute_rank(table.embeddings[gallery], labels[gallery], table.embeddings[p], labels[p])
+        for p in probes
     ]
     assert ranks.tolist() == expected
     assert len(set(expected)) > 2  # the premise: not all rank 1
@@ -108,7 +115,9 @@ def test_single_image_identities_are_gallery_distractors():
     rng = np.random.default_rng(6)
     table = blobs(rng, 5, 3, 0.01)
     loners = blobs(rng, 4, 1, 0.01, prefix="L")
-    both = EmbeddingTable(table.keys + loners.keys, np.concatenate([table.embeddings, loners.embeddings]))
+    both = EmbeddingTable(
+        table.keys + loners.keys, np.concatenate([table.embeddings, loners.embeddings])
+    )
     with_distractors = evaluate_identification(both)
     without = evaluate_identification(both, distractors=False)
     assert with_distractors["gallery_identities"] == 9 and without["gallery_identities"] == 5

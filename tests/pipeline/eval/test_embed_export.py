@@ -39,9 +39,13 @@ def test_folder_with_landmarks_is_aligned_by_prep_code(tmp_path):
     raw.save(tmp_path / "A/A_0001.png")
     points = np.array([[60, 65], [90, 65], [75, 82], [62, 98], [88, 98]], dtype=np.float64)
     source = FolderImages(tmp_path, {"A/A_0001.png": points})
-    np.testing.assert_array_equal(np.asarray(source.load("A/A_0001.png")), np.asarray(align_face(raw, points)))
+    np.testing.assert_array_equal(
+        np.asarray(source.load("A/A_0001.png")), np.asarray(align_face(raw, points))
+    )
 
-    table, failures = embed_images(ProjectionNet(), ["A/A_0001.png", "A/A_0002.png"], source, progress=False)
+    table, failures = embed_images(
+        ProjectionNet(), ["A/A_0001.png", "A/A_0002.png"], source, progress=False
+    )
     assert table.keys == ["A/A_0001.png"]
     assert failures == {"A/A_0002.png": "no landmark row for this image"}
 
@@ -59,7 +63,9 @@ def test_bin_verification_end_to_end(tmp_path):
     pairs[5] = b"broken"  # the second image of the third pair cannot be decoded
     path = write_bin(tmp_path / "mini.bin", pairs, is_same)
     summary = verify_bin(ProjectionNet(), path, OPTIONS)
-    assert summary["pairs_listed"] == 20 and summary["skipped_pairs"] == 1 and summary["pairs"] == 19
+    assert (
+        summary["pairs_listed"] == 20 and summary["skipped_pairs"] == 1 and summary["pairs"] == 19
+    )
     assert summary["accuracy"] == 1.0
 
 
@@ -69,7 +75,9 @@ def test_torchscript_export_gives_the_same_embeddings(tmp_path):
     assert result["max_abs_difference"] <= 1e-5
     loaded = load_model(str(tmp_path / "model.pt"))  # detected as TorchScript
     faces = np.random.default_rng(2).integers(0, 256, (5, 112, 112, 3), dtype=np.uint8)
-    np.testing.assert_allclose(embed_faces(loaded.module, faces), embed_faces(model, faces), atol=1e-5)
+    np.testing.assert_allclose(
+        embed_faces(loaded.module, faces), embed_faces(model, faces), atol=1e-5
+    )
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
@@ -99,8 +107,12 @@ def test_model_references_run_id_and_registered_model(mlflow_uri, serialization)
     example = np.zeros((1, 3, 112, 112), np.float32)
     with mlflow.start_run() as run:
         mlflow.pytorch.log_model(
-            model, name="model", registered_model_name="tiny-embedder", input_example=example,
-            serialization_format=serialization, pip_requirements=["torch"],  # skips slow inference
+            model,
+            name="model",
+            registered_model_name="tiny-embedder",
+            input_example=example,
+            serialization_format=serialization,
+            pip_requirements=["torch"],  # skips slow inference
         )
     faces = np.random.default_rng(3).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
     expected = embed_faces(model, faces)
@@ -121,7 +133,9 @@ def test_onnx_export_gives_the_same_outputs(tmp_path):
     model = ProjectionNet().eval()
     result = export_model(model, tmp_path / "model.onnx", "onnx")
     assert result["max_abs_difference"] <= 1e-5
-    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     images = torch.rand(7, 3, 112, 112) * 2 - 1  # a batch size used by neither export nor check
     (exported,) = session.run(None, {"images": images.numpy()})
     with torch.no_grad():
@@ -133,15 +147,26 @@ def test_model_reference_to_a_training_checkpoint(tmp_path):
     from pipeline.config import TrainConfig
     from pipeline.models import build_backbone
 
-    config = TrainConfig.model_validate({
-        "data": {"shards": "unused"}, "model": {"backbone": "tiny", "embedding_size": 16},
-        "loss": [{"type": "softmax"}],
-    }).model_dump(mode="json")
+    config = TrainConfig.model_validate(
+        {
+            "data": {"shards": "unused"},
+            "model": {"backbone": "tiny", "embedding_size": 16},
+            "loss": [{"type": "softmax"}],
+        }
+    ).model_dump(mode="json")
     torch.manual_seed(0)
     backbone = build_backbone("tiny", 16).eval()
     checkpoint.save_checkpoint(
-        tmp_path / "ckpt", step=5, rank=0, world_size=1, barrier=lambda: None, config=config,
-        backbone_state=backbone.state_dict(), replicated={}, shard=None, rank_local={},
+        tmp_path / "ckpt",
+        step=5,
+        rank=0,
+        world_size=1,
+        barrier=lambda: None,
+        config=config,
+        backbone_state=backbone.state_dict(),
+        replicated={},
+        shard=None,
+        rank_local={},
     )
     faces = np.random.default_rng(4).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
     expected = embed_faces(backbone, faces)

@@ -33,7 +33,9 @@ def test_reads_parquet_written_by_other_tools_as_plain_lists(tmp_path):
 def test_bad_files_are_named(tmp_path):
     ragged = tmp_path / "ragged.parquet"
     pq.write_table(pa.table({"key": ["a", "b"], "embedding": [[1.0, 2.0], [3.0]]}), ragged)
-    with pytest.raises(ValueError, match="ragged.parquet: every 'embedding' must be a list of the same length"):
+    with pytest.raises(
+        ValueError, match="ragged.parquet: every 'embedding' must be a list of the same length"
+    ):
         read_embeddings(ragged)
     wrong = tmp_path / "wrong.parquet"
     pq.write_table(pa.table({"name": ["a"], "vector": [[1.0]]}), wrong)

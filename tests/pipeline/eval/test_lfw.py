@@ -23,11 +23,32 @@ def test_verify_a_few_dozen_lfw_pairs_end_to_end(lfw_root, tmp_path):
     model = tmp_path / "tiny.ts"
     export_model(build_backbone("tiny", embedding_size=32).eval(), model, "torchscript")
     out = tmp_path / "lfw.json"
-    assert main([
-        "eval", "verify", "--model", str(model), "--pairs", str(pairs), "--images", str(lfw_root / "images"),
-        "--landmarks", str(lfw_root / "landmarks.txt"), "--json", str(out), "--no-mlflow",
-        "--set", "progress=false", "--set", "device=cpu", "--set", "workers=2",
-    ]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "verify",
+                "--model",
+                str(model),
+                "--pairs",
+                str(pairs),
+                "--images",
+                str(lfw_root / "images"),
+                "--landmarks",
+                str(lfw_root / "landmarks.txt"),
+                "--json",
+                str(out),
+                "--no-mlflow",
+                "--set",
+                "progress=false",
+                "--set",
+                "device=cpu",
+                "--set",
+                "workers=2",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(out.read_text())
     assert summary["pairs_listed"] == 32
     assert summary["skipped_pairs"] == 1 and summary["pairs"] == 31

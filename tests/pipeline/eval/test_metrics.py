@@ -14,7 +14,11 @@ from pipeline.eval.verify import summarise_scores
 def brute_best_threshold(scores, is_same):
     """Every midpoint between distinct scores (and one cut outside), tried one by one."""
     values = sorted(set(float(s) for s in scores))
-    cuts = [values[0] - 1.0] + [(a + b) / 2 for a, b in zip(values, values[1:], strict=False)] + [values[-1] + 1.0]
+    cuts = (
+        [values[0] - 1.0]
+        + [(a + b) / 2 for a, b in zip(values, values[1:], strict=False)]
+        + [values[-1] + 1.0]
+    )
     best_cut, best_correct = None, -1
     for cut in cuts:  # ascending, strict '>' keeps the lowest of equally good cuts
         correct = sum((s >= cut) == bool(same) for s, same in zip(scores, is_same, strict=True))

@@ -29,7 +29,10 @@ def test_view2_file_with_both_line_kinds(tmp_path):
     assert pairs.keys_b[4] == "Ann_Veneman/Ann_Veneman_0011.jpg"
     assert pairs.is_same.tolist() == [True, True, False, False, True, True, False, False]
     assert pairs.folds.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]  # the header's folds, in file order
-    assert pairs.unique_keys()[:2] == ["Abel_Pacheco/Abel_Pacheco_0001.jpg", "Akhmed_Zakayev/Akhmed_Zakayev_0001.jpg"]
+    assert pairs.unique_keys()[:2] == [
+        "Abel_Pacheco/Abel_Pacheco_0001.jpg",
+        "Akhmed_Zakayev/Akhmed_Zakayev_0001.jpg",
+    ]
 
 
 def test_view1_single_count_header_means_same_block_then_different_block(tmp_path):
@@ -84,4 +87,6 @@ def test_real_lfw_pairs_files(lfw_root):
     assert len(view2) == 6000 and view2.is_same.sum() == 3000
     assert np.bincount(view2.folds).tolist() == [600] * 10
     dev_test = read_pairs(lfw_root / "pairsDevTest.txt")
-    assert len(dev_test) == 1000 and dev_test.is_same[:500].all() and not dev_test.is_same[500:].any()
+    assert (
+        len(dev_test) == 1000 and dev_test.is_same[:500].all() and not dev_test.is_same[500:].any()
+    )

@@ -32,9 +32,13 @@ def test_pairs_with_missing_embeddings_are_skipped_and_counted(tmp_path):
     kept = [k for k in full.keys if k not in dropped]
     table = EmbeddingTable(kept, full.rows(kept))
 
-    result = verify_embeddings(table, pairs, failures={"Person_3/Person_3_0002.jpg": "missing file"})
+    result = verify_embeddings(
+        table, pairs, failures={"Person_3/Person_3_0002.jpg": "missing file"}
+    )
     summary = result.summary
-    uses_dropped = np.asarray([a in dropped or b in dropped for a, b in zip(pairs.keys_a, pairs.keys_b, strict=True)])
+    uses_dropped = np.asarray(
+        [a in dropped or b in dropped for a, b in zip(pairs.keys_a, pairs.keys_b, strict=True)]
+    )
     assert summary["skipped_pairs"] == int(uses_dropped.sum()) > 0
     assert summary["pairs"] == len(pairs) - summary["skipped_pairs"]
     assert summary["pairs_listed"] == len(pairs)
@@ -88,5 +92,7 @@ def test_unaligned_images_without_landmarks_are_a_usage_error(tmp_path):
         Image.new("RGB", (150, 150)).save(images / f"Person_0/Person_0_{number:04d}.jpg")
     pairs_path = tmp_path / "pairs.txt"
     pairs_path.write_text("1\nPerson_0\t1\t2\nPerson_0\t1\tPerson_0\t2\n")
-    with pytest.raises(ValueError, match=r"150x150, expected an aligned 112x112 face; pass --landmarks"):
+    with pytest.raises(
+        ValueError, match=r"150x150, expected an aligned 112x112 face; pass --landmarks"
+    ):
         run_verification(ProjectionNet(), pairs=pairs_path, images=images, options=OPTIONS)
