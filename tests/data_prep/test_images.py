@@ -1,6 +1,7 @@
 """Colour modes to 8-bit RGB against numpy references, reduced decoding, and bad files."""
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -97,3 +98,13 @@ def test_bad_inputs_raise_with_the_file_and_the_reason(tmp_path):
     with pytest.raises(ImageError) as caught:
         load_rgb(bomb, max_pixels=1_000_000, name="bomb.png")
     assert caught.value.reason == REASON_BOMB and "bomb.png" in str(caught.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_a_file_without_read_permission_is_unreadable(tmp_path):
+    path = tmp_path / "locked.jpg"
+    path.write_bytes(_encode(Image.new("RGB", (8, 8)), "JPEG"))
+    path.chmod(0)
+    with pytest.raises(ImageError) as caught:
+        load_rgb(path)
+    assert caught.value.reason == REASON_UNREADABLE and "locked.jpg" in str(caught.value)

@@ -1,0 +1,18 @@
+"""The throughput benchmark still runs (numbers are read from its full run, not asserted)."""
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "prep_throughput.py"
+
+
+@pytest.mark.slow
+def test_prep_throughput_quick_run_reports_a_table(ray_session, monkeypatch):
+    # Importable by name: the benchmark's spawned Pool workers unpickle its functions.
+    monkeypatch.syspath_prepend(str(BENCHMARK.parent))
+    module = importlib.import_module("prep_throughput")
+    report = module.main(["--quick", "--workers", "2"])
+    assert "| method | images | seconds | images/s | throughput vs baseline |" in report
+    assert "Ray tasks: write_shard per shard" in report
