@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from tqdm import tqdm
 
-from losses import SoftmaxLoss, TripletLoss
+from losses import LOSS_TYPES, TripletLoss
 
 MIB = 2**20
 
@@ -53,7 +53,8 @@ def _classifier_rank(rank: int, world: int, spec: dict, group) -> dict:
     embeddings, labels = _local_batch(0, spec["batch"], spec["dim"], spec["classes"], rank, world)
     # Warm the process first: the optimizer's first use imports ~70 MiB of modules, and
     # kernels and gloo buffers load on the first step; none of that belongs to the layer.
-    warm_fn = SoftmaxLoss(spec["dim"], 2 * world, group=group, sample_rate=spec["sample_rate"])
+    loss_type = LOSS_TYPES[spec["loss"]]
+    warm_fn = loss_type(spec["dim"], 2 * world, group=group, sample_rate=spec["sample_rate"])
     warm_optimizer = torch.optim.SGD(warm_fn.parameters(), lr=0.1)
     warm_fn(embeddings, labels % (2 * world)).backward()
     warm_optimizer.step()
@@ -61,7 +62,7 @@ def _classifier_rank(rank: int, world: int, spec: dict, group) -> dict:
     embeddings.grad = None
     gc.collect()
     baseline = psutil.Process().memory_info().rss
-    loss_fn = SoftmaxLoss(
+    loss_fn = loss_type(
         spec["dim"], spec["classes"], group=group, seed=0, sample_rate=spec["sample_rate"]
     )
     optimizer = torch.optim.SGD(loss_fn.parameters(), lr=0.1)
@@ -134,6 +135,7 @@ def _launch(kind: str, world: int, spec: dict) -> list[dict]:
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--loss", choices=["softmax", "asoftmax"], default="softmax")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--batch", type=int, default=256, help="global batch")
     parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2])
@@ -153,7 +155,12 @@ def main(argv: list[str] | None = None) -> str:
     measured: dict[tuple, dict] = {}
     for classes, world, rate in tqdm(configs, desc="classifier configs", leave=False):
         spec = dict(
-            classes=classes, dim=args.dim, batch=args.batch, sample_rate=rate, steps=args.steps
+            loss=args.loss,
+            classes=classes,
+            dim=args.dim,
+            batch=args.batch,
+            sample_rate=rate,
+            steps=args.steps,
         )
         ranks = _launch("classifier", world, spec)
         measured[(classes, world, rate)] = {
@@ -166,7 +173,7 @@ def main(argv: list[str] | None = None) -> str:
     lines = [
         "## Class-sharded classifier: memory and step time per rank",
         "",
-        f"SoftmaxLoss, D={args.dim}, global batch {args.batch}, gloo on CPU, one thread per rank; "
+        f"{LOSS_TYPES[args.loss].__name__}, D={args.dim}, global batch {args.batch}, gloo on CPU, one thread per rank; "
         f"{args.steps} timed steps (forward + backward + SGD) after one warm-up. Memory: peak RSS "
         "minus the RSS just before the layer is built (largest rank).",
         "",

@@ -52,7 +52,7 @@ class ShardedClassifierLoss(ClassShardedMixin, nn.Module):
             )
         )
         self._sampling_generator: torch.Generator | None = None
-        # Global class indices that got logits in the last forward (all local ones at rate 1.0).
+        # Global class indices that got logits in the last forward; None at rate 1.0 (all local).
         self.last_sampled_classes: Tensor | None = None
 
     def class_logits(

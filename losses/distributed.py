@@ -1,12 +1,12 @@
 """Collectives the losses need, made autograd-aware, and nothing when there is one rank.
 
 Every distributed loss here follows one pattern: each rank all-gathers the global batch
-(`gather_rows`), computes its *share* of the global loss (its classes, or its anchors), and
+(`gather_batch`), computes its *share* of the global loss (its classes, or its anchors), and
 adds the shares up with `sum_across_ranks`. Because every rank then evaluates the same scalar,
-each rank's backward only needs the derivative of its own share; `gather_rows` sums those
-partial gradients back onto the rank that owns the rows. `scale_gradient` finally applies the
-N x convention (insightface partial FC, pytorch-metric-learning) so that the data-parallel
-engine's mean over N ranks hands the backbone the single-process gradient.
+each rank's backward only needs the derivative of its own share; `gather_batch` sums those
+partial gradients back onto the rank that owns the rows, times N (the convention of
+insightface's partial FC and pytorch-metric-learning), so that the data-parallel engine's
+mean over N ranks hands the backbone the single-process gradient.
 
 `group=None` (or a group of one rank) means "not distributed": no collective is ever issued.
 """
@@ -49,33 +49,56 @@ def _all_gather_padded(local: Tensor, sizes: list[int], group: ProcessGroup) -> 
     return torch.cat([part[:rows] for part, rows in zip(parts, sizes, strict=True)])
 
 
-class _GatherRows(torch.autograd.Function):
+def _gather_packed(
+    embeddings: Tensor, labels: Tensor, sizes: list[int], group: ProcessGroup
+) -> tuple[Tensor, Tensor]:
+    # Labels ride along as one float64 column (exact below 2^53): one collective, not two.
+    # Each collective costs a round of latency; the extra bytes are negligible at batch size.
+    packed = torch.cat([embeddings.to(torch.float64), labels[:, None].to(torch.float64)], dim=1)
+    packed_all = _all_gather_padded(packed, sizes, group)
+    return packed_all[:, :-1].to(embeddings.dtype), packed_all[:, -1].to(labels.dtype)
+
+
+class _GatherBatch(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, local: Tensor, sizes: list[int], rank: int, group: ProcessGroup) -> Tensor:
+    def forward(ctx, embeddings, labels, sizes: list[int], rank: int, scale: float, group):
         ctx.row_start = sum(sizes[:rank])
         ctx.num_rows = sizes[rank]
+        ctx.scale = scale
         ctx.group = group
-        return _all_gather_padded(local, sizes, group)
+        embeddings_all, labels_all = _gather_packed(embeddings, labels, sizes, group)
+        ctx.mark_non_differentiable(labels_all)
+        return embeddings_all, labels_all
 
     @staticmethod
-    def backward(ctx, grad_all: Tensor):
-        # Each rank's graph holds only its share of dL/d(rows_all); the sum over ranks is the
-        # full gradient, of which this rank keeps the rows it owns.
+    def backward(ctx, grad_all: Tensor, _grad_labels_all):
+        # Each rank's graph holds only its share of dL/d(embeddings_all); the sum over ranks is
+        # the full gradient, of which this rank keeps its own rows (times N, see module doc).
         grad_all = grad_all.contiguous().clone()
         dist.all_reduce(grad_all, group=ctx.group)
-        return grad_all[ctx.row_start : ctx.row_start + ctx.num_rows], None, None, None
+        rows = grad_all[ctx.row_start : ctx.row_start + ctx.num_rows] * ctx.scale
+        return rows, None, None, None, None, None
 
 
-def gather_rows(local: Tensor, sizes: list[int], group: ProcessGroup) -> Tensor:
-    """Concatenate every rank's `local` rows in rank order; differentiable (see module doc)."""
-    rank = dist.get_rank(group)
-    if local.shape[0] != sizes[rank]:
-        raise ValueError(
-            f"gather_rows: rank {rank} has {local.shape[0]} rows, sizes say {sizes[rank]}"
+def gather_batch(
+    embeddings: Tensor, labels: Tensor, group: ProcessGroup | None
+) -> tuple[Tensor, Tensor, int]:
+    """The global batch seen by every rank: (embeddings_all, labels_all, row_start).
+
+    Rows are in rank order; local batch sizes may differ. `row_start` is where this rank's
+    rows sit. Backward: local embeddings receive N x the gradient of the global loss.
+    """
+    rank, world = rank_and_world(group)
+    if world == 1:
+        return embeddings, labels, 0
+    sizes = gather_sizes(embeddings.shape[0], group, embeddings.device)
+    if embeddings.requires_grad:
+        embeddings_all, labels_all = _GatherBatch.apply(
+            embeddings, labels, sizes, rank, float(world), group
         )
-    if local.requires_grad:
-        return _GatherRows.apply(local, sizes, rank, group)
-    return _all_gather_padded(local, sizes, group)
+    else:
+        embeddings_all, labels_all = _gather_packed(embeddings, labels, sizes, group)
+    return embeddings_all, labels_all, sum(sizes[:rank])
 
 
 class _SumAcrossRanks(torch.autograd.Function):
@@ -88,7 +111,7 @@ class _SumAcrossRanks(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total: Tensor):
         # Identity, not a sum: every rank computes the same loss from `total`, so d(loss)/d(share)
-        # on this rank is just grad_total; the cross-rank sum happens once, in gather_rows.
+        # on this rank is just grad_total; the cross-rank sum happens once, in gather_batch.
         return grad_total, None
 
 
@@ -97,46 +120,3 @@ def sum_across_ranks(share: Tensor, group: ProcessGroup | None) -> Tensor:
     if rank_and_world(group)[1] == 1:
         return share
     return _SumAcrossRanks.apply(share, group)
-
-
-def all_reduce_detached(values: Tensor, group: ProcessGroup | None, op=dist.ReduceOp.SUM) -> Tensor:
-    """All-reduce of values that carry no gradient (counts, row maxima); a copy is returned."""
-    values = values.detach().clone()
-    if rank_and_world(group)[1] > 1:
-        dist.all_reduce(values, op=op, group=group)
-    return values
-
-
-class _ScaleGradient(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, tensor: Tensor, factor: float) -> Tensor:
-        ctx.factor = factor
-        return tensor.view_as(tensor)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        return grad * ctx.factor, None
-
-
-def scale_gradient(tensor: Tensor, factor: float) -> Tensor:
-    """Identity forward; multiplies the incoming gradient by `factor` on the way back."""
-    if factor == 1 or not tensor.requires_grad:
-        return tensor
-    return _ScaleGradient.apply(tensor, factor)
-
-
-def gather_batch(
-    embeddings: Tensor, labels: Tensor, group: ProcessGroup | None
-) -> tuple[Tensor, Tensor, int]:
-    """The global batch seen by every rank: (embeddings_all, labels_all, row_start).
-
-    `row_start` is where this rank's rows sit in the gathered batch. Local embeddings receive
-    N x the gradient of the global loss (the data-parallel convention in the module doc).
-    """
-    rank, world = rank_and_world(group)
-    if world == 1:
-        return embeddings, labels, 0
-    sizes = gather_sizes(embeddings.shape[0], group, embeddings.device)
-    embeddings_all = gather_rows(scale_gradient(embeddings, float(world)), sizes, group)
-    labels_all = gather_rows(labels, sizes, group)
-    return embeddings_all, labels_all, sum(sizes[:rank])

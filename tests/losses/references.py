@@ -85,23 +85,23 @@ def triplet_loss(x, labels, margin, mining, normalize=True):
             continue
         if mining == "semihard":
             for p in positives:
-                farther = [q for q in negatives if float(d[a][q]) > float(d[a][p])]
+                farther = [q for q in negatives if float(d[a][q].detach()) > float(d[a][p].detach())]
                 if farther:
-                    q = min(farther, key=lambda q: float(d[a][q]))
+                    q = min(farther, key=lambda q: float(d[a][q].detach()))
                 else:
-                    q = max(negatives, key=lambda q: float(d[a][q]))
+                    q = max(negatives, key=lambda q: float(d[a][q].detach()))
                 chosen[(a, p)] = q
                 terms.append(torch.relu(d[a][p] - d[a][q] + margin))
         elif mining == "hard":
-            p = max(positives, key=lambda p: float(d[a][p]))
-            q = min(negatives, key=lambda q: float(d[a][q]))
+            p = max(positives, key=lambda p: float(d[a][p].detach()))
+            q = min(negatives, key=lambda q: float(d[a][q].detach()))
             chosen[a] = (p, q)
             terms.append(torch.relu(d[a][p] - d[a][q] + margin))
         else:
             for p in positives:
                 for q in negatives:
                     value = d[a][p] - d[a][q] + margin
-                    if float(value) > 0:
+                    if float(value.detach()) > 0:
                         terms.append(value)
     if not terms:
         return x.sum() * 0.0, chosen
