@@ -1,7 +1,7 @@
 """Ray entrypoint: `python -m jobs.train --config FILE [--set k=v] [--nproc N]` on a Ray cluster.
 
 Takes the arguments of `facetrain train` and runs the same per-rank training function
-(`pipeline.trainer.run_rank`) on N Ray Train workers through `TorchTrainer`: one worker per
+(`pipeline.run.run_rank`) on N Ray Train workers through `TorchTrainer`: one worker per
 GPU (NCCL) when the config asks for CUDA or the cluster has GPUs, else CPU workers joined by
 gloo. Ray Train sets up the process group; run_rank finds it already initialised.
 """
@@ -57,10 +57,10 @@ def choose_scaling(
 def train_on_ray(
     cfg: Any, scaling: Scaling, rank_fn: RankFn | None = None, storage_path: str | None = None
 ) -> str | None:
-    """Run `rank_fn(cfg)` (default: pipeline.trainer.run_rank) on every Ray Train worker.
+    """Run `rank_fn(cfg)` (default: pipeline.run.run_rank) on every Ray Train worker.
 
-    Returns what rank 0's `rank_fn` returned, as text (the MLflow run id for run_rank), or
-    None. Raises the workers' error when training fails.
+    Returns what rank 0's `rank_fn` returned (run_rank's summary: steps, checkpoint,
+    mlflow_run_id, ...). Raises the workers' error when training fails.
     """
     import ray
     from ray.train import RunConfig, ScalingConfig
@@ -76,6 +76,7 @@ def train_on_ray(
             "config": cfg.model_dump(mode="json"),
             "rank_fn": rank_fn,
             "outcome": outcome,
+            "use_gpu": scaling.use_gpu,
         },
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu),
         torch_config=TorchConfig(backend=scaling.backend),
@@ -89,32 +90,36 @@ class _Outcome:
     """Holds rank 0's return value for the driver."""
 
     def __init__(self) -> None:
-        self.value: str | None = None
+        self.value: Any = None
 
-    def put(self, value: str | None) -> None:
+    def put(self, value: Any) -> None:
         self.value = value
 
-    def get(self) -> str | None:
+    def get(self) -> Any:
         return self.value
 
 
 def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import importlib
+    import os
 
     import ray
     import ray.train
 
+    if not loop_config["use_gpu"]:
+        # DeepSpeed picks its accelerator at import; on CPU workers it must be told.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     module_name, _, class_name = loop_config["config_class"].partition(":")
     config_class = getattr(importlib.import_module(module_name), class_name)
     cfg = config_class.model_validate(loop_config["config"])
     rank_fn = loop_config["rank_fn"] or _default_rank_fn()
     returned = rank_fn(cfg)
     if ray.train.get_context().get_world_rank() == 0:
-        ray.get(loop_config["outcome"].put.remote(None if returned is None else str(returned)))
+        ray.get(loop_config["outcome"].put.remote(returned))
 
 
 def _default_rank_fn() -> RankFn:
-    from pipeline.trainer import run_rank
+    from pipeline.run import run_rank
 
     return run_rank
 
@@ -123,13 +128,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     import ray
 
     from jobs.cli import build_parser
-    from jobs.cli.common import UsageError
     from jobs.config import ConfigError, load_config
     from pipeline.config import TrainConfig
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(["train", *argv])
+    # `facetrain train` defaults --nproc to 1 local rank; on a cluster, an absent --nproc
+    # means one worker per GPU, so only an explicit one counts.
+    given_nproc = any(arg == "--nproc" or arg.startswith("--nproc=") for arg in argv)
     try:
+        if args.config is None:
+            raise ConfigError("--config FILE is required (see configs/ for examples)")
         cfg = load_config(TrainConfig, args.config, args.overrides)
     except ConfigError as err:
         print(f"jobs.train: error: {err}", file=sys.stderr)
@@ -138,9 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ray.init()
     try:
         scaling = choose_scaling(
-            cfg.train.device, getattr(args, "nproc", None), ray.cluster_resources()
+            cfg.train.device, args.nproc if given_nproc else None, ray.cluster_resources()
         )
-    except (ValueError, UsageError) as err:
+    except ValueError as err:
         print(f"jobs.train: error: {err}", file=sys.stderr)
         return 2
     print(
@@ -148,9 +157,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{'one GPU each (nccl)' if scaling.use_gpu else 'CPU (gloo)'}",
         file=sys.stderr,
     )
-    run_id = train_on_ray(cfg, scaling)
-    if run_id:
-        print(f"MLflow run: {run_id}")
+    summary = train_on_ray(cfg, scaling) or {}
+    print(f"jobs.train: {summary.get('steps')} steps on {summary.get('world_size')} workers")
+    print(f"checkpoint: {summary.get('checkpoint')}")
+    if summary.get("mlflow_run_id"):
+        print(f"MLflow run: {summary['mlflow_run_id']}")
+    else:
+        print(
+            f"MLflow run: none (tracking unreachable; records kept in {summary.get('tracking_records')})"
+        )
     return 0
 
 

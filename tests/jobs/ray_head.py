@@ -83,6 +83,8 @@ def start_head(num_cpus: int = 2, auth: bool = True, timeout_s: float = 120.0) -
     home.mkdir()
     token = secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    # HOME moves (no stray ~/.ray/auth_token); compiled torch/DeepSpeed ops stay cached.
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
     env.update(
         # Ray's other servers bind the host's address unless told this is a single-node cluster.
         RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",

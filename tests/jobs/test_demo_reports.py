@@ -54,3 +54,27 @@ def test_run_all_records_failures_and_keeps_going(tmp_path):
     text = report.read_text()
     assert text.count("<!-- section:fast -->") == 1 and "| full | 1.0 |" in text
     assert "disk full in shard 3" in text  # untouched: not run this time
+
+
+def _lfw_module():
+    spec = importlib.util.spec_from_file_location("lfw_benchmark", REPO / "benchmarks" / "lfw.py")
+    module = sys.modules["lfw_benchmark"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lfw_benchmark_sees_exactly_the_devtrain_people(lfw_root, tmp_path):
+    lfw = _lfw_module()
+    people = lfw.read_people(lfw_root / "peopleDevTrain.txt")
+    header = int((lfw_root / "peopleDevTrain.txt").read_text().split()[0])
+    assert len(people) == header
+    chosen = dict(sorted(people.items())[:30])
+    images, landmarks = lfw.devtrain_view(lfw_root, chosen, tmp_path / "view")
+    assert sorted(p.name for p in images.iterdir()) == sorted(chosen)
+    for name, count in chosen.items():
+        assert len(list((images / name).iterdir())) == count  # the people file's counts
+    rows = [line.split() for line in landmarks.read_text().splitlines()]
+    assert {row[0].split("/")[0] for row in rows} == set(chosen)
+    assert len(rows) == sum(chosen.values()) and all(len(row) == 11 for row in rows)
+    # Nothing copied: the view links to the LFW folders.
+    assert all((images / name).is_symlink() for name in chosen)

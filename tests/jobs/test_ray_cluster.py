@@ -71,17 +71,37 @@ def _samples(out: Path) -> dict[str, tuple[str, bytes]]:
     return samples
 
 
-def test_prep_job_on_the_cluster_matches_an_inline_run(head, token_env, tmp_path, capsys):
-    source = make_faces(tmp_path / "faces")
-    out_cluster = tmp_path / "shards-cluster"
-    prep_args = [str(source), "--out", str(out_cluster), "--align", "none", "--shard-size", "4"]
+@pytest.fixture(scope="module")
+def prepped(head, tmp_path_factory):
+    """A prep job submitted to the head: (source, output dir, exit code, stdout, stderr)."""
+    import contextlib
+    import io
+    import os
 
-    code = main(["submit", "prep", *prep_args, "--address", head.address])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err + captured.out
-    job_id = captured.out.splitlines()[0]
+    root = tmp_path_factory.mktemp("prep")
+    source = make_faces(root / "faces")
+    out = root / "shards-cluster"
+    args = [str(source), "--out", str(out), "--align", "none", "--shard-size", "4"]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved = dict(os.environ)
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        os.environ.pop(name, None)
+    os.environ.update(HOME=str(root / "client-home"), RAY_AUTH_TOKEN=head.token)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = main(["submit", "prep", *args, "--address", head.address])
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return source, out, code, stdout.getvalue(), stderr.getvalue()
+
+
+def test_prep_job_on_the_cluster_matches_an_inline_run(head, prepped, token_env, tmp_path, capsys):
+    source, out_cluster, code, stdout, stderr = prepped
+    assert code == 0, stderr + stdout
+    job_id = stdout.splitlines()[0]
     assert job_id.startswith("raysubmit_")
-    assert "python -m jobs.prep" in captured.err
+    assert "python -m jobs.prep" in stderr
 
     # The independent reference: the same prep in this process, without Ray.
     out_inline = tmp_path / "shards-inline"
@@ -101,6 +121,51 @@ def test_prep_job_on_the_cluster_matches_an_inline_run(head, token_env, tmp_path
     assert capsys.readouterr().out.strip() == "SUCCEEDED"
     assert main(["submit", "logs", job_id, "--address", head.address]) == 0
     assert str(out_cluster) in capsys.readouterr().out
+    assert head.non_loopback_sockets() == []
+
+
+def test_train_job_runs_two_ray_train_workers_on_the_prepped_shards(
+    head, prepped, token_env, tmp_path, capsys
+):
+    import yaml
+
+    _, shards, code, _, _ = prepped
+    assert code == 0
+    config = {
+        "data": {"shards": str(shards), "batch": {"p": 2, "k": 2}, "workers": 0},
+        "model": {"backbone": "tiny", "embedding_size": 8},
+        "loss": [{"type": "softmax"}],
+        "train": {"steps": 3, "lr": 0.01, "device": "cpu", "precision": "fp32", "log_every": 1},
+        "checkpoint": {"dir": str(tmp_path / "ckpt"), "every": 3},
+        "mlflow": {
+            "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "log_model": False,
+            "registered_model": None,
+            "experiment": "cluster-test",
+        },
+    }
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    code = main(
+        ["submit", "train", "--config", str(config_file), "--nproc", "2", "--address", head.address]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err + captured.out[-4000:]
+    assert "python -m jobs.train" in captured.err and "--nproc=2" in captured.err
+    assert "2 Ray Train worker(s), CPU (gloo)" in captured.out
+    assert "jobs.train: 3 steps on 2 workers" in captured.out
+    run_ids = [
+        line.split(": ", 1)[1]
+        for line in captured.out.splitlines()
+        if line.startswith("MLflow run: ")
+    ]
+    assert len(run_ids) == 1, captured.out[-3000:]
+
+    import mlflow
+
+    run = mlflow.MlflowClient(tracking_uri=config["mlflow"]["tracking_uri"]).get_run(run_ids[0])
+    assert run.data.tags.get("world_size", run.data.params.get("world_size")) in (None, "2")
+    assert list((tmp_path / "ckpt").iterdir()), "no checkpoint written"
     assert head.non_loopback_sockets() == []
 
 
@@ -151,44 +216,4 @@ def test_missing_or_wrong_token_is_one_line(head, token_env, monkeypatch, token,
 
 def test_head_listens_on_loopback_only(head):
     assert head.pids()
-    assert head.non_loopback_sockets() == []
-
-
-TRAIN_DRIVER = """
-import sys
-import torch
-import torch.distributed as dist
-from jobs.train import Scaling, train_on_ray
-from pipeline.config import TrainConfig
-
-def rank_fn(cfg):
-    # Each rank adds rank + 1: 1 + 2 with two workers, if they share a gloo group.
-    total = torch.tensor([dist.get_rank() + 1.0])
-    dist.all_reduce(total)
-    return f"{dist.get_backend()}:{dist.get_world_size()}:{total.item():g}:{cfg.train.steps}"
-
-cfg = TrainConfig.model_validate({
-    "data": {"shards": "/nowhere"}, "loss": [{"type": "softmax"}], "train": {"steps": 7},
-})
-result = train_on_ray(cfg, Scaling(num_workers=2, use_gpu=False), rank_fn=rank_fn,
-                      storage_path=sys.argv[1])
-print("RANK0", result)
-"""
-
-
-def test_torch_trainer_runs_the_rank_function_on_two_gloo_workers(head, tmp_path):
-    import subprocess
-    import sys
-
-    env = dict(head.env, RAY_ADDRESS=f"127.0.0.1:{head.gcs_port}")
-    done = subprocess.run(
-        [sys.executable, "-c", TRAIN_DRIVER, str(tmp_path / "ray-results")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "RANK0 gloo:2:3:7" in done.stdout
     assert head.non_loopback_sockets() == []
