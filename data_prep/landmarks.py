@@ -29,7 +29,8 @@ TABLE_SCHEMA = pa.schema(
 
 @dataclass
 class LandmarkTable:
-    """Rows that parsed (path, identity, 10 floats) and the ones that did not (line, reason)."""
+    """Rows that parsed (path, identity, 10 floats) and the ones that did not (`file:line`,
+    what is wrong with it)."""
 
     table: pa.Table
     bad_rows: list[tuple[str, str]] = field(default_factory=list)
@@ -84,7 +85,7 @@ def _read_whitespace(path: Path) -> LandmarkTable:
                 if not all(math.isfinite(v) for v in values):
                     raise ValueError("non-finite coordinate")
             except ValueError as err:
-                bad_rows.append((f"{path}:{line_number}", f"{REASON_BAD_ROW}: {err}"))
+                bad_rows.append((f"{path}:{line_number}", str(err)))
                 continue
             paths.append(fields[0])
             points.append(values)
@@ -119,7 +120,7 @@ def _from_columns(raw: pa.Table, name: str) -> LandmarkTable:
             if not all(math.isfinite(v) for v in values):
                 raise ValueError("non-finite coordinate")
         except (TypeError, ValueError) as err:
-            bad_rows.append((f"{name}:{row_number}", f"{REASON_BAD_ROW}: {err}"))
+            bad_rows.append((f"{name}:{row_number}", str(err)))
             continue
         paths.append(str(relpath))
         identity = row.get("identity")

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from data_prep.align import get_template
 from data_prep.config import PrepConfig
 from data_prep.errors import PrepInputError
 from data_prep.executor import TaskRunner
+from data_prep.landmarks import REASON_BAD_ROW
 from data_prep.plan import REJECT_SCHEMA, SPLITS, Plan, make_plan
 from data_prep.scan import SCAN_SCHEMA, scan_chunk
 from data_prep.shards import MANIFEST_SCHEMA, is_done, read_part, tmp_name, write_shard
@@ -189,7 +191,25 @@ def _scan(runner: TaskRunner, source, config: PrepConfig, out: Path) -> pa.Table
     bar.close()
     if not tables:
         raise PrepInputError(f"source {config.source}: lists no images")
-    return pa.concat_tables([tables[index] for index in sorted(tables)])
+    return pa.concat_tables(
+        [tables[index] for index in sorted(tables)] + [_bad_landmark_rows(source)]
+    )
+
+
+def _bad_landmark_rows(source) -> pa.Table:
+    """Landmark-file rows that did not parse, as rejects (`file:line`, reason)."""
+    bad_rows = source.landmarks.bad_rows if source.landmarks is not None else []
+    for where, detail in bad_rows[:5]:
+        print(f"facetrain prep: warning: {where}: {detail}", file=sys.stderr)
+    if len(bad_rows) > 5:
+        print(
+            f"facetrain prep: warning: ... {len(bad_rows) - 5} more bad landmark rows",
+            file=sys.stderr,
+        )
+    return pa.Table.from_pylist(
+        [{"identity": "", "source": where, "reason": REASON_BAD_ROW} for where, _ in bad_rows],
+        schema=SCAN_SCHEMA,
+    )
 
 
 def _write_shards(runner: TaskRunner, plan: Plan, pending, config: PrepConfig, kind: str) -> None:

@@ -79,6 +79,9 @@ def synthetic(tmp_path_factory) -> Synthetic:
     good.add("person_07/big.jpg")
 
     landmarks_file = write_landmark_lines(root.parent / "faces_landmarks.txt", landmarks)
+    with landmarks_file.open("a") as lines:
+        lines.write("person_09/0000.png 1 2 3\n")  # a row cut short
+    rejects[f"{landmarks_file}:{len(landmarks) + 1}"] = "bad landmark row"
     return Synthetic(root, landmarks_file, landmarks, good, rejects, max_image_pixels=1_200_000)
 
 
