@@ -6,7 +6,6 @@ Every loss has the contract `forward(embeddings, labels) -> scalar` and takes a 
 
 from losses.asoftmax import ASoftmaxLoss
 from losses.center import CenterLoss
-from losses.embedding_head import EmbeddingHead
 from losses.registry import LOSS_TYPES, build_loss
 from losses.sharding import merge_shards, reshard, shard_range, slice_rows
 from losses.softmax import SoftmaxLoss
@@ -16,7 +15,6 @@ __all__ = [
     "LOSS_TYPES",
     "ASoftmaxLoss",
     "CenterLoss",
-    "EmbeddingHead",
     "SoftmaxLoss",
     "TripletLoss",
     "build_loss",

@@ -117,6 +117,11 @@ class ClassShardedMixin:
         tensors = {name: getattr(self, name) for name in self._class_tensor_names}
         return {name: t for name, t in tensors.items() if t is not None}
 
+    @property
+    def class_tensor_names(self) -> tuple[str, ...]:
+        """Names of the per-class tensors this module holds, e.g. ("weight", "bias")."""
+        return tuple(self._class_tensors())
+
     def shard_state(self) -> dict:
         """{"num_classes", "class_start", "num_local_classes", "tensors": {name: rows}} (CPU copies)."""
         return {

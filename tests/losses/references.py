@@ -85,7 +85,9 @@ def triplet_loss(x, labels, margin, mining, normalize=True):
             continue
         if mining == "semihard":
             for p in positives:
-                farther = [q for q in negatives if float(d[a][q].detach()) > float(d[a][p].detach())]
+                farther = [
+                    q for q in negatives if float(d[a][q].detach()) > float(d[a][p].detach())
+                ]
                 if farther:
                     q = min(farther, key=lambda q: float(d[a][q].detach()))
                 else:

@@ -4,7 +4,6 @@ import torch
 from losses import (
     ASoftmaxLoss,
     CenterLoss,
-    EmbeddingHead,
     SoftmaxLoss,
     TripletLoss,
     build_loss,
@@ -76,12 +75,15 @@ def test_load_rows_names_shape_mismatch():
         loss_fn.load_class_rows({"weight": torch.zeros(3, 4)})
 
 
-def test_build_loss_by_type_and_embedding_head_has_no_activation():
+def test_build_loss_by_type():
     assert isinstance(build_loss("triplet", margin=0.3), TripletLoss)
     assert build_loss("asoftmax", embedding_size=8, num_classes=3, margin=2).margin == 2
     with pytest.raises(ValueError, match="loss type 'arcface'"):
         build_loss("arcface")
-    head = EmbeddingHead(16, 8).eval()
-    out = head(torch.randn(32, 16))
-    assert out.shape == (32, 8) and (out < 0).any()
-    assert [type(m).__name__ for m in head.children()] == ["Linear", "BatchNorm1d"]
+
+
+def test_class_tensor_names_list_what_the_module_holds():
+    assert SoftmaxLoss(4, 3).class_tensor_names == ("weight", "bias")
+    assert SoftmaxLoss(4, 3, bias=False).class_tensor_names == ("weight",)
+    assert ASoftmaxLoss(4, 3).class_tensor_names == ("weight",)
+    assert CenterLoss(3, 4).class_tensor_names == ("centers",)
