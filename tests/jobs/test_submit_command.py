@@ -62,8 +62,17 @@ def _local_namespace(command: list[str]) -> dict:
             "/r.json",
             "--no-mlflow",
         ],
+        [
+            "train",
+            "--config",
+            "/etc/facetrain/train.yaml",
+            "--set",
+            "train.steps=10",
+            "--nproc",
+            "4",
+        ],
     ],
-    ids=["prep", "prep-set", "eval-verify"],
+    ids=["prep", "prep-set", "eval-verify", "train"],
 )
 def test_job_runs_the_same_command_line(command, capsys):
     submitted = build_parser().parse_args(
