@@ -119,6 +119,7 @@ class CheckpointConfig(Section):
 
 
 class MlflowConfig(Section):
+    enabled: bool = True
     tracking_uri: str | None = Field(
         None, description="default: $MLFLOW_TRACKING_URI, else ./mlruns"
     )

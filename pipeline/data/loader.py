@@ -171,4 +171,7 @@ def build_loader(
         num_workers=data.workers,
         prefetch_factor=4 if data.workers else None,
         persistent_workers=False,
+        # Its own generator: starting the workers must not draw from the global torch RNG,
+        # or a resumed run's dropout would differ from the uninterrupted one.
+        generator=torch.Generator().manual_seed(seed * 1_000_003 + rank),
     )
