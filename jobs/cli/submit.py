@@ -206,9 +206,9 @@ def run_submit(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 130
-        code = head.exit_code(job_id)
-        print(f"facetrain submit: job {job_id} {head.status(job_id)}", file=sys.stderr)
-        return code
+        state = head.wait(job_id)
+        print(f"facetrain submit: job {job_id} {state}", file=sys.stderr)
+        return head.exit_code(job_id)
     except HeadError as err:
         return _fail(err)
 

@@ -112,6 +112,14 @@ class Head:
         with self.errors():
             asyncio.run(pump())
 
+    def wait(self, job_id: str, poll_s: float = 1.0) -> str:
+        """Block until the job is in a terminal state (the log stream can end before it is)."""
+        import time
+
+        while (state := self.status(job_id)) not in TERMINAL_STATES:
+            time.sleep(poll_s)
+        return state
+
     def exit_code(self, job_id: str) -> int:
         """0 for SUCCEEDED; the driver's own exit code for FAILED when known; 3 for STOPPED."""
         info = self.info(job_id)
