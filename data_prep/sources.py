@@ -12,6 +12,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from data_prep.config import PrepConfig
 from data_prep.errors import PrepInputError
 from data_prep.landmarks import LandmarkTable, read_landmark_table
@@ -82,22 +86,29 @@ def _open_rec(path: Path) -> Source:
     index_path = index_path_for(path)
     if not index_path.is_file():
         raise PrepInputError(f"source {path}: its index {index_path.name} is missing")
+    first_index, last_index, header_offset = None, None, None
     try:
-        offsets = dict(read_index(index_path))
+        for index, offset in read_index(index_path):  # streamed: .idx files run to millions
+            first_index = index if first_index is None else min(first_index, index)
+            last_index = index if last_index is None else max(last_index, index)
+            if index == 0:
+                header_offset = offset
     except RecordIOError as err:
         raise PrepInputError(str(err)) from err
-    if not offsets:
+    if first_index is None:
         raise PrepInputError(f"source {path}: {index_path.name} lists no records")
-    try:
-        with IndexedRecordFile(path, {0: offsets[0]} if 0 in offsets else {}) as records:
-            header = records.read(0) if 0 in offsets else None
-    except RecordIOError as err:
-        raise PrepInputError(f"source {path}: unreadable header record ({err})") from err
+    header = None
+    if header_offset is not None:
+        try:
+            with IndexedRecordFile(path, {0: header_offset}) as records:
+                header = records.read(0)
+        except RecordIOError as err:
+            raise PrepInputError(f"source {path}: unreadable header record ({err})") from err
     if header is not None and header.flag > 0:
         # insightface: record 0 labels (first identity record, end); images are 1 .. first - 1.
         image_range = (1, int(header.labels[0]))
     else:
-        image_range = (min(offsets), max(offsets) + 1)
+        image_range = (first_index, last_index + 1)
     if image_range[1] <= image_range[0]:
         raise PrepInputError(f"source {path}: header record lists no images")
     return Source("rec", path, image_index_range=image_range)
@@ -125,29 +136,34 @@ def _rec_chunks(source: Source, chunk_size: int) -> Iterator[RecChunk]:
 
 def _folder_chunks(source: Source, chunk_size: int) -> Iterator[FolderChunk]:
     root = source.path
-    listed_by_identity: dict[str, list[FolderEntry]] = {}
-    covered: set[str] = set()
-    if source.landmarks is not None:
-        table = source.landmarks.table
-        for relpath, identity, points in zip(
-            table.column("path").to_pylist(),
-            table.column("identity").to_pylist(),
-            table.column("landmarks").to_pylist(),
-            strict=True,
-        ):
-            listed_by_identity.setdefault(identity, []).append(
-                FolderEntry(identity, relpath, tuple(points))
-            )
-            covered.add(relpath)
+    table = source.landmarks.table if source.landmarks is not None else None
+    # Row numbers per identity and per top folder (compact numpy), entries built one identity
+    # at a time: no Python object per landmark row is alive beyond the current chunk.
+    rows_of_identity = _rows_by_value(table.column("identity")) if table is not None else {}
+    rows_of_folder = (
+        _rows_by_value(pc.list_element(pc.split_pattern(table.column("path"), "/"), 0))
+        if table is not None
+        else {}
+    )
     folder_identities = {
         entry.name
         for entry in os.scandir(root)
         if entry.is_dir() and not entry.name.startswith(".")
     }
     batch: list[FolderEntry] = []
-    for identity in sorted(folder_identities | set(listed_by_identity)):
-        entries = listed_by_identity.pop(identity, [])
+    for identity in sorted(folder_identities | set(rows_of_identity)):
+        entries = []
+        if identity in rows_of_identity:
+            listed = table.take(pa.array(rows_of_identity[identity])).to_pylist()
+            entries = [
+                FolderEntry(identity, row["path"], tuple(row["landmarks"])) for row in listed
+            ]
         if identity in folder_identities:
+            covered = set()
+            if identity in rows_of_folder:
+                covered = set(
+                    table.column("path").take(pa.array(rows_of_folder[identity])).to_pylist()
+                )
             for name in sorted(os.listdir(root / identity)):
                 relpath = f"{identity}/{name}"
                 if not name.startswith(".") and relpath not in covered:
@@ -158,3 +174,17 @@ def _folder_chunks(source: Source, chunk_size: int) -> Iterator[FolderChunk]:
             batch = []
     if batch:
         yield FolderChunk(str(root), tuple(batch))
+
+
+def _rows_by_value(column: pa.ChunkedArray | pa.Array) -> dict[str, np.ndarray]:
+    """value -> the row numbers holding it (int64 arrays)."""
+    encoded = pc.dictionary_encode(column)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(encoded.dictionary) + 1))
+    return {
+        value: order[bounds[code] : bounds[code + 1]]
+        for code, value in enumerate(encoded.dictionary.to_pylist())
+    }
