@@ -260,3 +260,37 @@ def test_default_config_file_validates_and_flags_override_it(tmp_path):
     )
     config = build_config(args)
     assert (config.shard_size, config.seed, config.align, config.source) == (7, 3, "arcface", "SRC")
+
+
+def test_csv_manifest_with_identities_points_and_boxes_and_sphereface(tmp_path):
+    from data_prep.align import TEMPLATES
+    from tests.data_prep.synth import dot_centres
+
+    landmarks = make_folder_dataset(tmp_path / "faces", {"a": 3, "b": 2}, seed=4)
+    lines = ["path,identity,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5,left,top,width,height"]
+    for relpath, points in landmarks.items():
+        identity = "person_" + relpath.split("/")[0]  # the manifest names identities itself
+        coords = ",".join(f"{v:.3f}" for v in points.ravel())
+        lines.append(f"{relpath},{identity},{coords},,,,")
+    lines.append("a/0000.png,box_only,,,,,,,,,,,10,20,100,100")  # a face box instead of points
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    summary = run_prep(
+        PrepConfig(
+            source=str(tmp_path / "faces"),
+            out=str(out),
+            landmarks=str(tmp_path / "m.csv"),
+            align="sphereface",
+            executor="inline",
+            progress=False,
+        )
+    )
+    identities = pq.read_table(out / "identities.parquet").column("identity").to_pylist()
+    assert identities == ["person_a", "person_b"]
+    # The box row repeats a/0000.png's bytes under another identity: a label conflict.
+    assert summary.rejected_by_reason == {"label conflict (same image under several identities)": 2}
+    template = TEMPLATES["sphereface"].points
+    for sample in _samples(out):
+        pixels = np.asarray(Image.open(io.BytesIO(sample["jpg"])).convert("RGB"))
+        assert pixels.shape == (112, 96, 3)
+        assert np.abs(dot_centres(pixels, template) - template).max() < 1.0
