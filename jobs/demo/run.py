@@ -238,7 +238,7 @@ def evaluate(
     run_id: str, pairs: HeldOutPairs, images: Path, landmarks: Path, layout: DemoLayout
 ) -> tuple[dict, dict, Path]:
     """(held-out summary of the trained model, raw-pixel baseline summary, ROC png); the first
-    is logged onto the training run as `heldout_*` metrics with its ROC plot."""
+    is logged onto the training run as `heldout/*` metrics with its ROC plot."""
     import mlflow
 
     from pipeline.eval import load_model, log_verification, run_verification
@@ -258,7 +258,7 @@ def evaluate(
         raw_pixel_model(), pairs=pair_list, images=images, landmarks=landmarks, options=options
     )
     client = mlflow.MlflowClient(layout.tracking_uri)
-    client.log_metric(run_id, "heldout_raw_pixels_accuracy", baseline.summary["accuracy"])
+    client.log_metric(run_id, "heldout/raw_pixels_accuracy", baseline.summary["accuracy"])
     return verification.summary, baseline.summary, layout.out / "roc-heldout.png"
 
 

@@ -83,5 +83,11 @@ def test_quick_demo_trains_and_verifies_held_out_identities(tmp_path):
     assert run.info.status == "FINISHED"
     assert run.data.metrics["heldout/accuracy"] == pytest.approx(heldout["accuracy"])
     assert "heldout/raw_pixels_accuracy" in run.data.metrics
-    artifacts = {item.path for item in client.list_artifacts(run_id)}
-    assert any(path.endswith(".png") for path in artifacts), artifacts
+
+    def listing(folder=None):
+        for item in client.list_artifacts(run_id, folder):
+            yield from listing(item.path) if item.is_dir else [item.path]
+
+    artifacts = set(listing())
+    assert any(path.endswith("roc-heldout.png") for path in artifacts), artifacts
+    assert "config.yaml" in artifacts and "dataset.json" in artifacts
