@@ -8,7 +8,6 @@ a file to a server later as a new run.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -24,6 +23,7 @@ import torch
 
 from pipeline.config import TrainConfig
 from pipeline.hooks import Hook
+from pipeline.models import build_backbone
 from pipeline.trainer import StepOutput, Trainer
 
 log = logging.getLogger("facetrain.tracking")
@@ -179,21 +179,33 @@ class MlflowHook(Hook):
             "end",
             {"summary": {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}},
         )
-        summary["mlflow_run_id"] = None if self.offline else self.run_id
+        # The run id stays valid even if the server went away mid-run (its later metrics
+        # are in the local records); None only when no run could be started at all.
+        summary["mlflow_run_id"] = self.run_id
         summary["tracking_records"] = str(self.records_path)
         if self.run_id is None or self.offline:
             return
         if self.cfg.mlflow.log_model:
             self._call("log_model", self._log_model, trainer.backbone)
         self._call("end_run", mlflow.end_run)
-        summary["mlflow_run_id"] = None if self.offline else self.run_id
 
     def _log_model(self, backbone: torch.nn.Module) -> None:
         import mlflow
         from mlflow.models import infer_signature
 
-        model = copy.deepcopy(backbone).float().cpu().eval()
-        example = np.zeros((1, 3, 112, 112), dtype=np.float32)
+        # A fresh module with the trained weights: the engine's module carries DeepSpeed
+        # attributes (process groups, hooks) that neither pickle nor belong in a model.
+        model = build_backbone(
+            self.cfg.model.backbone, self.cfg.model.embedding_size, dropout=self.cfg.model.dropout
+        )
+        model.load_state_dict(
+            {
+                k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
+                for k, v in backbone.state_dict().items()
+            }
+        )
+        model.eval()
+        example = np.zeros((2, 3, 112, 112), dtype=np.float32)
         with torch.no_grad():
             output = model(torch.from_numpy(example)).numpy()
         mlflow.pytorch.log_model(
@@ -202,6 +214,9 @@ class MlflowHook(Hook):
             input_example=example,
             signature=infer_signature(example, output),
             registered_model_name=self.cfg.mlflow.registered_model,
+            # A pickled nn.Module (needs `pipeline` importable to load): the "pt2" default
+            # traces the graph with the example's batch size baked in.
+            serialization_format="pickle",
             # Explicit requirements: inferring them would re-import the model in a subprocess.
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
         )

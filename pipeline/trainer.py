@@ -121,14 +121,17 @@ class Trainer:
         images = images.to(self.device, self.input_dtype, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
 
+        # A skipped step must leave no trace: the forward pass already moved BatchNorm's
+        # running statistics and the losses' counters (A-Softmax lambda), so keep copies.
+        # (Centres only move with finite embeddings, which are checked first.)
+        saved_buffers = self._small_buffers()
         embeddings = self.engine(images).float()
         if not _all_ranks_true(bool(torch.isfinite(embeddings).all()), self.device, self.group):
-            return self._skip("non-finite embeddings", started)
+            return self._skip("non-finite embeddings", started, saved_buffers)
         total, terms = self.objective(embeddings, labels)
         if not _all_ranks_true(bool(torch.isfinite(total)), self.device, self.group):
-            return self._skip(
-                f"non-finite loss ({ {k: float(v) for k, v in terms.items()} })", started
-            )
+            detail = {k: float(v.detach()) for k, v in terms.items()}
+            return self._skip(f"non-finite loss ({detail})", started, saved_buffers)
 
         self.engine.backward(total)
         grad_norm = self._backbone_grad_norm()
@@ -170,7 +173,18 @@ class Trainer:
             )
         )
 
-    def _skip(self, reason: str, started: float) -> StepOutput:
+    def _small_buffers(self) -> list[tuple[Tensor, Tensor]]:
+        """(buffer, copy) for the backbone's buffers and the losses' scalar buffers."""
+        buffers = list(self.backbone.buffers())
+        buffers += [b for b in self.objective.buffers() if b.numel() == 1]
+        return [(buffer, buffer.detach().clone()) for buffer in buffers]
+
+    def _skip(
+        self, reason: str, started: float, saved_buffers: list[tuple[Tensor, Tensor]]
+    ) -> StepOutput:
+        with torch.no_grad():
+            for buffer, copy in saved_buffers:
+                buffer.copy_(copy)
         self.step += 1
         self.skipped_steps += 1
         self.nonfinite_in_row += 1
