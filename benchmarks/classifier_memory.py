@@ -19,6 +19,7 @@ import json
 import os
 import resource
 import socket
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -105,7 +106,7 @@ def _triplet_rank(rank: int, world: int, spec: dict, group) -> dict:
             embeddings.grad = None
             if step >= 2:
                 times.append(time.perf_counter() - start)
-        results[f"{name}_s"] = sum(times) / len(times)
+        results[f"{name}_s"] = statistics.median(times)
     return results
 
 
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> str:
             "peak": max(r["peak_above_baseline"] for r in ranks),
             "step_s": max(r["step_s"] for r in ranks),
         }
-    triplet_spec = dict(dim=args.dim, batch=args.batch, steps=max(args.steps, 5))
+    triplet_spec = dict(dim=args.dim, batch=args.batch, steps=max(args.steps, 30))
     triplet = _launch("triplet", args.triplet_world, triplet_spec)
 
     lines = [
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> str:
         "## Triplet mining: all-gather overhead",
         "",
         f"TripletLoss(semihard), {args.triplet_world} gloo ranks, global batch {args.batch} "
-        f"(local {args.batch // args.triplet_world}), D={args.dim}; forward + backward, mean of "
+        f"(local {args.batch // args.triplet_world}), D={args.dim}; forward + backward, median of "
         f"{triplet_spec['steps']} calls, slowest rank. The gathered loss also mines over "
         f"{args.triplet_world}x the candidates; the communication row isolates the collectives.",
         "",
