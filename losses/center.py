@@ -50,7 +50,7 @@ class CenterLoss(ClassShardedMixin, nn.Module):
         local_cols = labels_all - self.class_start
         rows = ((local_cols >= 0) & (local_cols < self.num_local_classes)).nonzero().squeeze(1)
         cols = local_cols[rows]
-        features = embeddings_all[rows]
+        features = embeddings_all[rows].to(self.centers.dtype)
         # This rank's share: the samples whose class it owns.
         share = (features - self.centers[cols]).pow(2).sum()
         loss = sum_across_ranks(share, self.group) / (2 * max(embeddings_all.shape[0], 1))

@@ -75,6 +75,9 @@ class ShardedClassifierLoss(ClassShardedMixin, nn.Module):
         check_batch(embeddings, labels, self.embedding_size, name)
         check_label_range(labels, self.num_classes, name)
         embeddings_all, labels_all, _ = gather_batch(embeddings, labels, self.group)
+        # The head's dtype sets the precision (e.g. bf16 embeddings from a bf16 backbone
+        # against float32 class rows), as insightface's partial FC does.
+        embeddings_all = embeddings_all.to(self.weight.dtype)
 
         local_cols = labels_all - self.class_start
         is_local = (local_cols >= 0) & (local_cols < self.num_local_classes)

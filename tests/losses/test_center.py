@@ -56,3 +56,14 @@ def test_center_gradcheck():
     x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([0, 2, 2, 1, 0])
     assert torch.autograd.gradcheck(lambda x: loss_fn(x, labels), (x,))
+
+
+def test_half_precision_embeddings_meet_float32_centres():
+    loss_fn = CenterLoss(3, 4).eval()
+    loss_fn.centers.normal_()
+    x = torch.randn(6, 4)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    expected = loss_fn(x, labels)
+    loss = loss_fn(x.to(torch.bfloat16), labels)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected, rtol=2e-2, atol=2e-2)

@@ -91,3 +91,14 @@ def test_errors_name_the_bad_input():
         loss_fn(torch.randn(2, 5), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="sample_rate=0"):
         SoftmaxLoss(4, 3, sample_rate=0)
+
+
+def test_half_precision_embeddings_meet_float32_rows():
+    x, labels = _batch(9, 8, 6, 5)
+    for loss_fn in (SoftmaxLoss(6, 5, seed=1), ASoftmaxLoss(6, 5, seed=1)):
+        expected = loss_fn(x.float(), labels)
+        x_half = x.to(torch.bfloat16).requires_grad_(True)
+        loss = loss_fn(x_half, labels)
+        loss.backward()
+        assert loss.dtype == torch.float32 and x_half.grad.dtype == torch.bfloat16
+        torch.testing.assert_close(loss, expected, rtol=2e-2, atol=2e-2)
