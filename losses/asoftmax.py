@@ -56,10 +56,8 @@ class ASoftmaxLoss(ShardedClassifierLoss):
             self.lambda_min,
         )
 
-    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        if self.training:
-            self.iteration += 1
-        return super().forward(embeddings, labels)
+    def on_training_step(self) -> None:
+        self.iteration += 1
 
     def class_logits(
         self, embeddings_all: Tensor, kept_cols: Tensor | None, target_cols: Tensor

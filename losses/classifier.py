@@ -61,6 +61,9 @@ class ShardedClassifierLoss(ClassShardedMixin, nn.Module):
         """Logits [global batch, kept classes]; `kept_cols=None` means every local class."""
         raise NotImplementedError
 
+    def on_training_step(self) -> None:
+        """Called once per training-mode forward, after the inputs are checked (schedules)."""
+
     def _generator(self) -> torch.Generator:
         device = self.weight.device
         if self._sampling_generator is None or self._sampling_generator.device != device:
@@ -74,6 +77,8 @@ class ShardedClassifierLoss(ClassShardedMixin, nn.Module):
         name = type(self).__name__
         check_batch(embeddings, labels, self.embedding_size, name)
         check_label_range(labels, self.num_classes, name)
+        if self.training:
+            self.on_training_step()
         embeddings_all, labels_all, _ = gather_batch(embeddings, labels, self.group)
         # The head's dtype sets the precision (e.g. bf16 embeddings from a bf16 backbone
         # against float32 class rows), as insightface's partial FC does.

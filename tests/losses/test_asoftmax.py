@@ -47,6 +47,10 @@ def test_lambda_counts_training_forward_calls_and_resumes_from_state_dict():
     loss_fn.eval()
     loss_fn(x, labels)
     assert int(loss_fn.iteration) == 3
+    loss_fn.train()
+    with pytest.raises(ValueError, match="label 7"):
+        loss_fn(x, torch.tensor([0, 1, 2, 0, 7]))
+    assert int(loss_fn.iteration) == 3  # a rejected batch is not a step
     resumed = ASoftmaxLoss(4, 3).double()
     resumed.load_state_dict(loss_fn.state_dict())
     assert resumed.current_lambda == loss_fn.current_lambda
