@@ -207,31 +207,38 @@ def main(argv: list[str] | None = None) -> str:
         shutil.rmtree(workdir, ignore_errors=True)
 
     count = len(items)
+    median = {name: statistics.median(values) for name, values in times.items()}
     best = {name: min(values) for name, values in times.items()}
-    baseline = best["pool_shards"]
     rows = [
-        ("multiprocessing.Pool: write_shard per shard (baseline)", best["pool_shards"]),
-        ("**Ray tasks: write_shard per shard (facetrain)**", best["ray_shards"]),
-        ("multiprocessing.Pool: bare decode-align-encode, nothing written", best["pool_bare"]),
-        ("run_prep end to end on Ray (scan+hash, plan, shards, manifests)", best["run_prep"]),
+        ("multiprocessing.Pool: write_shard per shard (baseline)", "pool_shards"),
+        ("**Ray tasks: write_shard per shard (facetrain)**", "ray_shards"),
+        ("multiprocessing.Pool: bare decode-align-encode, nothing written", "pool_bare"),
+        ("run_prep end to end on Ray (scan+hash, plan, shards, manifests)", "run_prep"),
     ]
     lines = [
         "## Prep throughput: Ray tasks vs multiprocessing.Pool",
         "",
-        f"{what}; {args.workers} worker processes each side, {len(plan.shards)} shards; best of "
+        f"{what}; {args.workers} worker processes each side, {len(plan.shards)} shards; "
         f"{args.repeats} interleaved runs. The baseline and Ray run the same function "
         "(decode, align, encode, write tar + part file) on the same shards, so their ratio is "
-        "the cost of Ray as the executor.",
+        "the cost of Ray as the executor. Ratios use medians (bests swing more on a shared machine).",
         "",
-        "| method | images | seconds | images/s | throughput vs baseline |",
-        "|---|---:|---:|---:|---:|",
+        "| method | images | median s | best s | images/s (median) | throughput vs baseline (median) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {name} | {count} | {seconds:.2f} | {count / seconds:.0f} | {baseline / seconds:.2f}x |"
-        for name, seconds in rows
+        f"| {name} | {count} | {median[key]:.2f} | {best[key]:.2f} | {count / median[key]:.0f} "
+        f"| {median['pool_shards'] / median[key]:.2f}x |"
+        for name, key in rows
     ]
-    median_ratio = statistics.median(times["pool_shards"]) / statistics.median(times["ray_shards"])
-    lines += ["", f"Ray vs Pool on medians instead of bests: {median_ratio:.2f}x."]
+    paired = [
+        pool / ray for pool, ray in zip(times["pool_shards"], times["ray_shards"], strict=True)
+    ]
+    lines += [
+        "",
+        f"Ray vs Pool, median of the {len(paired)} paired runs (each pair ran back to back, under "
+        f"similar load): **{statistics.median(paired):.2f}x** (range {min(paired):.2f}-{max(paired):.2f}).",
+    ]
     lines += [
         "",
         "All runs (s): "
