@@ -13,6 +13,7 @@ import math
 import os
 import tarfile
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -95,60 +96,37 @@ def write_shard(name: str, rows: pa.Table, config: PrepConfig, source_kind: str)
     final_tar = shard_path(out, name)
     final_tar.parent.mkdir(parents=True, exist_ok=True)
     tmp_tar = tmp_name(final_tar)
-    records = IndexedRecordFile(config.source, {}) if source_kind == "rec" else None
     part_rows: list[dict] = []
     identities: set[str] = set()
-    samples = 0
     try:
-        if records is not None:
-            records.__enter__()
-        with open(tmp_tar, "wb") as handle:
+        with ExitStack() as stack:
+            records = (
+                stack.enter_context(IndexedRecordFile(config.source, {}))
+                if source_kind == "rec"
+                else None
+            )
+            handle = stack.enter_context(open(tmp_tar, "wb"))
             hashing = _HashingWriter(handle)
             # An int mtime: a float one costs a pax header per member (and bytes per sample).
             writer = wds.TarWriter(hashing, user="facetrain", group="facetrain", mtime=0)
             # Plain ustar headers (keys are short ASCII): a third of the cost of pax headers.
             writer.tarstream.format = tarfile.USTAR_FORMAT
             for row in rows.to_pylist():
-                base = {
-                    "key": row["key"],
-                    "split": row["split"],
-                    "shard": name,
-                    "class": row["class"],
-                    "identity": row["identity"],
-                    "source": row["source"],
+                described = {
+                    key: row[key] for key in ("key", "split", "class", "identity", "source")
                 }
+                described["shard"] = name
                 try:
                     data = _read_source(row, config, records)
                     jpg, size, matrix = process_image(data, row["landmarks"], config, row["source"])
                 except ImageError as err:
-                    part_rows.append({**base, "reason": err.reason})
+                    part_rows.append({**described, "reason": err.reason})
                     continue
-                points = row["landmarks"]
-                writer.write(
-                    {
-                        "__key__": row["key"],
-                        "jpg": jpg,
-                        "cls": str(row["class"]).encode(),
-                        "json": json.dumps(
-                            {
-                                "identity": row["identity"],
-                                "class": row["class"],
-                                "source": row["source"],
-                                "landmarks": np.reshape(points, (5, 2)).tolist()
-                                if points
-                                else None,
-                                "transform": matrix.tolist() if matrix is not None else None,
-                                "template": None if matrix is None else config.align,
-                            },
-                            sort_keys=True,
-                        ).encode(),
-                    }
-                )
-                samples += 1
+                writer.write(_sample(row, jpg, matrix, config))
                 identities.add(row["identity"])
                 part_rows.append(
                     {
-                        **base,
+                        **described,
                         "sha1": row["sha1"].hex(),
                         "width": size[0],
                         "height": size[1],
@@ -158,23 +136,39 @@ def write_shard(name: str, rows: pa.Table, config: PrepConfig, source_kind: str)
                 )
             writer.close()
             handle.flush()
-            os.fsync(handle.fileno())
+            os.fsync(handle.fileno())  # durable before the rename makes it count as done
         os.replace(tmp_tar, final_tar)
     finally:
-        if records is not None:
-            records.__exit__(None, None, None)
-        if tmp_tar.exists():
-            tmp_tar.unlink()
+        tmp_tar.unlink(missing_ok=True)
     stats = {
         "name": f"{name}.tar",
-        "split": rows.column("split")[0].as_py() if rows.num_rows else name.split("-")[0],
-        "samples": samples,
+        "split": name.rsplit("-", 1)[0],
+        "samples": sum(1 for row in part_rows if row["reason"] is None),
         "identities": len(identities),
         "bytes": hashing.bytes,
         "sha256": hashing.sha256.hexdigest(),
     }
     _write_part(out, name, part_rows, stats)
     return stats
+
+
+def _sample(row: dict, jpg: bytes, matrix: np.ndarray | None, config: PrepConfig) -> dict:
+    """One WebDataset sample: __key__, jpg, cls (class index as text), json (provenance)."""
+    points = row["landmarks"]
+    provenance = {
+        "identity": row["identity"],
+        "class": row["class"],
+        "source": row["source"],
+        "landmarks": np.reshape(points, (5, 2)).tolist() if points else None,
+        "transform": matrix.tolist() if matrix is not None else None,
+        "template": config.align if matrix is not None else None,
+    }
+    return {
+        "__key__": row["key"],
+        "jpg": jpg,
+        "cls": str(row["class"]).encode(),
+        "json": json.dumps(provenance, sort_keys=True).encode(),
+    }
 
 
 def _write_part(out: Path, name: str, part_rows: list[dict], stats: dict) -> None:
