@@ -46,15 +46,16 @@ def scan_chunk(chunk: Chunk, config: PrepConfig) -> pa.Table:
 
 
 def _row(
-    identity,
-    source,
-    offset=None,
-    data=None,
-    size=(None, None),
-    landmarks=None,
-    face_size=None,
-    reason=None,
+    identity: str,
+    source: str,
+    offset: int | None = None,
+    data: bytes | None = None,
+    size: tuple[int | None, int | None] = (None, None),
+    landmarks: tuple[float, ...] | None = None,
+    face_size: float | None = None,
+    reason: str | None = None,
 ) -> dict:
+    """One SCAN_SCHEMA row; `data` (the file's bytes) gives its hash and size."""
     return {
         "identity": identity,
         "source": source,
