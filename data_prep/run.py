@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import sys
 import time
 from collections import Counter
@@ -18,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from data_prep.align import get_template
@@ -28,8 +25,9 @@ from data_prep.executor import TaskRunner
 from data_prep.landmarks import REASON_BAD_ROW
 from data_prep.plan import REJECT_SCHEMA, SPLITS, Plan, make_plan
 from data_prep.scan import SCAN_SCHEMA, scan_chunk
-from data_prep.shards import MANIFEST_SCHEMA, is_done, read_part, tmp_name, write_shard
+from data_prep.shards import MANIFEST_SCHEMA, is_done, read_part, write_shard
 from data_prep.sources import Chunk, open_source
+from data_prep.storage import OutputStore, is_url
 
 FORMAT = "facetrain-shards/1"
 
@@ -82,35 +80,33 @@ class PrepSummary:
 
 def run_prep(config: PrepConfig) -> PrepSummary:
     config = _absolute_paths(config)
-    out = Path(config.out)
+    store = OutputStore(config.out)
     fingerprint = _fingerprint(config)
-    finished = out / "dataset.json"
-    if finished.is_file():
-        return _finished_summary(finished, fingerprint)
+    if store.exists("dataset.json"):
+        return _finished_summary(store, fingerprint)
     source = open_source(config)
     if not config.dry_run:
-        _claim_work_dir(out, fingerprint)
+        _claim_work_dir(store, fingerprint)
     started = time.perf_counter()
     with TaskRunner(config) as runner:
-        scan = _scan(runner, source, config, out)
+        scan = _scan(runner, source, config, store)
         plan = make_plan(scan, config)
         del scan
         if config.dry_run:
-            return PrepSummary(str(out), dry_run=True, plan_text=describe_plan(plan, config))
-        pending = [spec for spec in plan.shards if not is_done(out, spec.name)]
+            return PrepSummary(config.out, dry_run=True, plan_text=describe_plan(plan, config))
+        pending = [spec for spec in plan.shards if not is_done(store, spec.name)]
         skipped = len(plan.shards) - len(pending)
         _write_shards(runner, plan, pending, config, source.kind)
-    summary = _assemble(out, plan, config, fingerprint)
+    summary = _assemble(store, plan, config, fingerprint)
     summary.shards_written, summary.shards_skipped = len(pending), skipped
     summary.seconds = time.perf_counter() - started
     return summary
 
 
 def _absolute_paths(config: PrepConfig) -> PrepConfig:
-    update = {
-        "source": str(Path(config.source).expanduser().resolve()),
-        "out": str(Path(config.out).expanduser().resolve()),
-    }
+    update = {"source": str(Path(config.source).expanduser().resolve())}
+    if not is_url(config.out):
+        update["out"] = str(Path(config.out).expanduser().resolve())
     if config.landmarks:
         update["landmarks"] = str(Path(config.landmarks).expanduser().resolve())
     return config.model_copy(update=update)
@@ -122,15 +118,15 @@ def _fingerprint(config: PrepConfig) -> str:
     return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()
 
 
-def _finished_summary(path: Path, fingerprint: str) -> PrepSummary:
-    meta = json.loads(path.read_text())
+def _finished_summary(store: OutputStore, fingerprint: str) -> PrepSummary:
+    meta = json.loads(store.read_bytes("dataset.json"))
     if meta.get("fingerprint") != fingerprint:
         raise PrepInputError(
-            f"{path.parent}: holds a finished prep made with a different config; "
+            f"{store.location}: holds a finished prep made with a different config; "
             "choose another --out or delete it"
         )
     return PrepSummary(
-        out=str(path.parent),
+        out=store.location,
         accepted=meta["counts"]["accepted"],
         rejected_by_reason=meta["counts"]["rejected_by_reason"],
         num_classes=meta["num_classes"],
@@ -142,40 +138,36 @@ def _finished_summary(path: Path, fingerprint: str) -> PrepSummary:
     )
 
 
-def _claim_work_dir(out: Path, fingerprint: str) -> None:
+def _claim_work_dir(store: OutputStore, fingerprint: str) -> None:
     """Create OUT/.work, or resume one made by the same config; drop temp files of dead runs."""
-    work = out / ".work"
-    marker = work / "fingerprint"
-    if marker.is_file() and marker.read_text().strip() != fingerprint:
+    marker = ".work/fingerprint"
+    if store.exists(marker) and store.read_bytes(marker).decode().strip() != fingerprint:
         raise PrepInputError(
-            f"{out}: holds an unfinished prep made with a different config; "
+            f"{store.location}: holds an unfinished prep made with a different config; "
             "rerun with the same config to resume, or choose another --out"
         )
-    (work / "scan").mkdir(parents=True, exist_ok=True)
-    (out / "shards").mkdir(parents=True, exist_ok=True)
-    marker.write_text(fingerprint + "\n")
-    for folder in (out / "shards", work / "scan", work / "done"):
-        if folder.is_dir():
-            for stale in folder.glob(".*.tmp-*"):
-                stale.unlink(missing_ok=True)
+    for folder in ("shards", ".work/scan", ".work/done"):
+        store.make_dirs(folder)
+    store.write_bytes(marker, (fingerprint + "\n").encode())
+    for folder in ("", "shards", ".work", ".work/scan", ".work/done"):
+        store.remove_temporaries(folder)
 
 
 def _scan_task(index: int, chunk: Chunk, config: PrepConfig) -> tuple[int, pa.Table]:
     return index, scan_chunk(chunk, config)
 
 
-def _scan(runner: TaskRunner, source, config: PrepConfig, out: Path) -> pa.Table:
+def _scan(runner: TaskRunner, source, config: PrepConfig, store: OutputStore) -> pa.Table:
     from data_prep.sources import iter_chunks
 
     tables: dict[int, pa.Table] = {}
-    cache = out / ".work" / "scan"
     bar = tqdm(desc="scan", unit="img", disable=not config.progress, dynamic_ncols=True)
 
     def to_scan():
         for index, chunk in enumerate(iter_chunks(source, config)):
-            cached = cache / f"chunk-{index:06d}.parquet"
-            if not config.dry_run and cached.is_file():
-                tables[index] = pq.read_table(cached, schema=SCAN_SCHEMA)
+            cached = f".work/scan/chunk-{index:06d}.parquet"
+            if not config.dry_run and store.exists(cached):
+                tables[index] = store.read_parquet(cached, schema=SCAN_SCHEMA)
                 bar.update(tables[index].num_rows)
             else:
                 yield index, chunk, config
@@ -184,10 +176,7 @@ def _scan(runner: TaskRunner, source, config: PrepConfig, out: Path) -> pa.Table
         tables[index] = table
         bar.update(table.num_rows)
         if not config.dry_run:
-            target = cache / f"chunk-{index:06d}.parquet"
-            tmp = tmp_name(target)
-            pq.write_table(table, tmp)
-            os.replace(tmp, target)
+            store.write_parquet(f".work/scan/chunk-{index:06d}.parquet", table)
     bar.close()
     if not tables:
         raise PrepInputError(f"source {config.source}: lists no images")
@@ -224,10 +213,10 @@ def _write_shards(runner: TaskRunner, plan: Plan, pending, config: PrepConfig, k
     bar.close()
 
 
-def _assemble(out: Path, plan: Plan, config: PrepConfig, fingerprint: str) -> PrepSummary:
+def _assemble(store: OutputStore, plan: Plan, config: PrepConfig, fingerprint: str) -> PrepSummary:
     manifests, rejects, shard_stats = [], [plan.rejects], {split: [] for split in SPLITS}
     for spec in plan.shards:
-        manifest, shard_rejects, stats = read_part(out, spec.name)
+        manifest, shard_rejects, stats = read_part(store, spec.name)
         manifests.append(manifest)
         rejects.append(shard_rejects)
         shard_stats[spec.split].append(
@@ -258,9 +247,9 @@ def _assemble(out: Path, plan: Plan, config: PrepConfig, fingerprint: str) -> Pr
             ]
         ),
     )
-    _atomic_parquet(manifest, out / "manifest.parquet")
-    _atomic_parquet(identities, out / "identities.parquet")
-    _atomic_parquet(rejected, out / "rejects.parquet")
+    store.write_parquet("manifest.parquet", manifest)
+    store.write_parquet("identities.parquet", identities)
+    store.write_parquet("rejects.parquet", rejected)
 
     by_reason = dict(sorted(Counter(rejected.column("reason").to_pylist()).items()))
     splits = {
@@ -293,13 +282,10 @@ def _assemble(out: Path, plan: Plan, config: PrepConfig, fingerprint: str) -> Pr
         "config": config.model_dump(mode="json"),
         "fingerprint": fingerprint,
     }
-    target = out / "dataset.json"
-    tmp = tmp_name(target)
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, target)
-    shutil.rmtree(out / ".work", ignore_errors=True)
+    store.write_bytes("dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
+    store.delete_dir(".work")
     return PrepSummary(
-        out=str(out),
+        out=store.location,
         accepted=manifest.num_rows,
         rejected_by_reason=by_reason,
         num_classes=meta["num_classes"],
@@ -308,12 +294,6 @@ def _assemble(out: Path, plan: Plan, config: PrepConfig, fingerprint: str) -> Pr
             for s, v in splits.items()
         },
     )
-
-
-def _atomic_parquet(table: pa.Table, target: Path) -> None:
-    tmp = tmp_name(target)
-    pq.write_table(table, tmp)
-    os.replace(tmp, target)
 
 
 def describe_plan(plan: Plan, config: PrepConfig, max_lines: int = 40) -> str:

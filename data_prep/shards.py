@@ -1,7 +1,7 @@
 """Shard task: decode -> align -> encode each planned image and write one WebDataset tar.
 
-Atomic: the tar is written under a temporary name and renamed when complete; then a part file
-with its manifest rows, rejects and stats is renamed into `.work/done/`. A shard counts as
+Atomic: the tar is written under a temporary name and moved when complete; then a part file
+with its manifest rows, rejects and stats is moved into `.work/done/` (see storage.py). A shard counts as
 done only when both exist, so a kill -9 at any point leaves it to be redone, never half-used.
 """
 
@@ -10,15 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import tarfile
-import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import webdataset as wds
 from PIL import Image
 
@@ -26,6 +23,7 @@ from data_prep.align import alignment_matrix, get_template, transform_scale, war
 from data_prep.config import PrepConfig
 from data_prep.images import ImageError, decode_rgb, encode_jpeg, open_image, read_file
 from data_prep.recordio import IndexedRecordFile, RecordIOError
+from data_prep.storage import OutputStore
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -61,25 +59,21 @@ class _HashingWriter:
         self.handle.flush()
 
 
-def tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+def part_name(shard: str) -> str:
+    return f".work/done/{shard}.parquet"
 
 
-def part_path(out: Path, shard: str) -> Path:
-    return out / ".work" / "done" / f"{shard}.parquet"
+def tar_name(shard: str) -> str:
+    return f"shards/{shard}.tar"
 
 
-def shard_path(out: Path, shard: str) -> Path:
-    return out / "shards" / f"{shard}.tar"
+def is_done(store: OutputStore, shard: str) -> bool:
+    return store.exists(part_name(shard)) and store.exists(tar_name(shard))
 
 
-def is_done(out: Path, shard: str) -> bool:
-    return part_path(out, shard).is_file() and shard_path(out, shard).is_file()
-
-
-def read_part(out: Path, shard: str) -> tuple[pa.Table, pa.Table, dict]:
+def read_part(store: OutputStore, shard: str) -> tuple[pa.Table, pa.Table, dict]:
     """(manifest rows, rejects, stats) of a finished shard."""
-    table = pq.read_table(part_path(out, shard))
+    table = store.read_parquet(part_name(shard))
     stats = json.loads(table.schema.metadata[b"facetrain.shard"])
     manifest = table.filter(pa.compute.is_null(table.column("reason"))).select(
         MANIFEST_SCHEMA.names
@@ -92,54 +86,43 @@ def read_part(out: Path, shard: str) -> tuple[pa.Table, pa.Table, dict]:
 
 def write_shard(name: str, rows: pa.Table, config: PrepConfig, source_kind: str) -> dict:
     """Write shard `name` from its plan rows; return its stats (also kept in the part file)."""
-    out = Path(config.out)
-    final_tar = shard_path(out, name)
-    final_tar.parent.mkdir(parents=True, exist_ok=True)
-    tmp_tar = tmp_name(final_tar)
+    store = OutputStore(config.out)
     part_rows: list[dict] = []
     identities: set[str] = set()
-    try:
-        with ExitStack() as stack:
-            records = (
-                stack.enter_context(IndexedRecordFile(config.source, {}))
-                if source_kind == "rec"
-                else None
-            )
-            handle = stack.enter_context(open(tmp_tar, "wb"))
-            hashing = _HashingWriter(handle)
-            # An int mtime: a float one costs a pax header per member (and bytes per sample).
-            writer = wds.TarWriter(hashing, user="facetrain", group="facetrain", mtime=0)
-            # Plain ustar headers (keys are short ASCII): a third of the cost of pax headers.
-            writer.tarstream.format = tarfile.USTAR_FORMAT
-            for row in rows.to_pylist():
-                described = {
-                    key: row[key] for key in ("key", "split", "class", "identity", "source")
+    with ExitStack() as stack:
+        records = (
+            stack.enter_context(IndexedRecordFile(config.source, {}))
+            if source_kind == "rec"
+            else None
+        )
+        handle = stack.enter_context(store.atomic_output(tar_name(name)))
+        hashing = _HashingWriter(handle)
+        # An int mtime: a float one costs a pax header per member (and bytes per sample).
+        writer = wds.TarWriter(hashing, user="facetrain", group="facetrain", mtime=0)
+        # Plain ustar headers (keys are short ASCII): a third of the cost of pax headers.
+        writer.tarstream.format = tarfile.USTAR_FORMAT
+        for row in rows.to_pylist():
+            described = {key: row[key] for key in ("key", "split", "class", "identity", "source")}
+            described["shard"] = name
+            try:
+                data = _read_source(row, config, records)
+                jpg, size, matrix = process_image(data, row["landmarks"], config, row["source"])
+            except ImageError as err:
+                part_rows.append({**described, "reason": err.reason})
+                continue
+            writer.write(_sample(row, jpg, matrix, config))
+            identities.add(row["identity"])
+            part_rows.append(
+                {
+                    **described,
+                    "sha1": row["sha1"].hex(),
+                    "width": size[0],
+                    "height": size[1],
+                    "bytes": len(jpg),
+                    "reason": None,
                 }
-                described["shard"] = name
-                try:
-                    data = _read_source(row, config, records)
-                    jpg, size, matrix = process_image(data, row["landmarks"], config, row["source"])
-                except ImageError as err:
-                    part_rows.append({**described, "reason": err.reason})
-                    continue
-                writer.write(_sample(row, jpg, matrix, config))
-                identities.add(row["identity"])
-                part_rows.append(
-                    {
-                        **described,
-                        "sha1": row["sha1"].hex(),
-                        "width": size[0],
-                        "height": size[1],
-                        "bytes": len(jpg),
-                        "reason": None,
-                    }
-                )
-            writer.close()
-            handle.flush()
-            os.fsync(handle.fileno())  # durable before the rename makes it count as done
-        os.replace(tmp_tar, final_tar)
-    finally:
-        tmp_tar.unlink(missing_ok=True)
+            )
+        writer.close()
     stats = {
         "name": f"{name}.tar",
         "split": name.rsplit("-", 1)[0],
@@ -148,7 +131,7 @@ def write_shard(name: str, rows: pa.Table, config: PrepConfig, source_kind: str)
         "bytes": hashing.bytes,
         "sha256": hashing.sha256.hexdigest(),
     }
-    _write_part(out, name, part_rows, stats)
+    _write_part(store, name, part_rows, stats)
     return stats
 
 
@@ -171,18 +154,14 @@ def _sample(row: dict, jpg: bytes, matrix: np.ndarray | None, config: PrepConfig
     }
 
 
-def _write_part(out: Path, name: str, part_rows: list[dict], stats: dict) -> None:
+def _write_part(store: OutputStore, name: str, part_rows: list[dict], stats: dict) -> None:
     schema = pa.schema(list(MANIFEST_SCHEMA) + [pa.field("reason", pa.string())]).with_metadata(
         {"facetrain.shard": json.dumps(stats)}
     )
     table = pa.Table.from_pylist(
         [{field: row.get(field) for field in schema.names} for row in part_rows], schema=schema
     )
-    final = part_path(out, name)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_name(final)
-    pq.write_table(table, tmp)
-    os.replace(tmp, final)
+    store.write_parquet(part_name(name), table)
 
 
 def _read_source(row: dict, config: PrepConfig, records: IndexedRecordFile | None) -> bytes:

@@ -196,3 +196,24 @@ def test_opencv_library_gives_the_same_samples_and_rejects(inline_run, synthetic
         for sample in wds.WebDataset(str(tar), shardshuffle=False):
             pixels = np.asarray(Image.open(io.BytesIO(sample["jpg"])).convert("RGB"))
             assert np.abs(dot_centres(pixels, template) - template).max() < 1.0
+
+
+def test_output_to_an_fsspec_url_equals_the_local_output(inline_run, synthetic):
+    fsspec = pytest.importorskip("fsspec")
+    out_local, _ = inline_run
+    url = "memory://prep-test/out"
+    summary = run_prep(_config(synthetic, url))
+    memory = fsspec.filesystem("memory")
+    try:
+        meta = json.loads(memory.cat_file("/prep-test/out/dataset.json"))
+        assert meta["splits"] == json.loads((out_local / "dataset.json").read_text())["splits"]
+        for name in ("manifest.parquet", "identities.parquet", "rejects.parquet"):
+            with memory.open(f"/prep-test/out/{name}", "rb") as handle:
+                assert pq.read_table(handle).equals(pq.read_table(out_local / name)), name
+        for shard in meta["splits"]["train"]["shards"]:
+            local = (out_local / "shards" / shard["name"]).read_bytes()
+            assert memory.cat_file(f"/prep-test/out/shards/{shard['name']}") == local
+        assert not memory.exists("/prep-test/out/.work")
+        assert run_prep(_config(synthetic, url)).already_complete and summary.accepted > 0
+    finally:
+        memory.rm("/prep-test", recursive=True)
