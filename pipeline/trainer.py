@@ -24,6 +24,7 @@ from pipeline.engine import (
     backbone_optimizer_state,
     build_engine,
     clip_sharded_grad_norm_,
+    ensure_process_group,
     load_backbone_optimizer_state,
     make_optimizer,
     resolve_device,
@@ -64,6 +65,7 @@ def _all_ranks_true(flag: bool, device: torch.device, group=None) -> bool:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, num_classes: int, group=None):
+        ensure_process_group()
         self.cfg = cfg
         if group is None and dist.is_initialized():
             group = dist.group.WORLD
