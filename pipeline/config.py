@@ -73,11 +73,28 @@ class CenterTerm(LossTermBase):
     alpha: float = Field(0.5, gt=0.0, le=1.0)
 
 
+class OfflineSelectionConfig(Section):
+    """FaceNet's offline selection: every `every` steps embed a sample, pick the next triplets."""
+
+    every: int = Field(100, ge=1, description="steps per round (one sample embedded per round)")
+    identities: int = Field(45, ge=2, description="identities in each round's sample")
+    images_per_identity: int = Field(40, ge=2, description="at most this many images of each")
+    negatives: Literal["semihard", "hard", "random-within-margin"] = "semihard"
+    margin: float | None = Field(None, ge=0.0, description="selection margin; default: the term's")
+    triplets_per_batch: int | None = Field(
+        None, ge=1, description="per rank and step; default data.batch.p * k // 3"
+    )
+
+
 class TripletTerm(LossTermBase):
     type: Literal["triplet"]
     margin: float = Field(0.2, ge=0.0)
     mining: Literal["semihard", "hard", "all"] = "semihard"
     normalize: bool = True
+    # online: mine inside each batch (`mining`); offline: train on triplets picked every
+    # `offline.every` steps from an embedded sample (pipeline/offline_triplets.py).
+    selection: Literal["online", "offline"] = "online"
+    offline: OfflineSelectionConfig = OfflineSelectionConfig()
 
 
 LossTerm = Annotated[

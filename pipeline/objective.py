@@ -35,7 +35,8 @@ class Objective(nn.Module):
         self.weights: dict[str, float] = {}
         for term in terms:
             accepted = inspect.signature(LOSS_TYPES[term.type]).parameters
-            params = term.model_dump(exclude={"type", "weight"})
+            # selection/offline configure the batch source (pipeline.offline_triplets), not the loss.
+            params = term.model_dump(exclude={"type", "weight", "selection", "offline"})
             params.update({key: value for key, value in context.items() if key in accepted})
             self.terms[term.type] = build_loss(term.type, **params)
             self.weights[term.type] = term.weight

@@ -27,6 +27,7 @@ from pipeline.data.loader import build_loader
 from pipeline.data.shards import read_dataset_index
 from pipeline.data.transforms import normalize_batch
 from pipeline.hooks import CheckpointHook, Hook, ProgressHook
+from pipeline.offline_triplets import OfflineTriplets
 from pipeline.trainer import Trainer
 
 log = logging.getLogger("facetrain.train")
@@ -54,15 +55,21 @@ def run_rank(
         ]
     hooks += list(extra_hooks)
 
-    loader = build_loader(
-        index,
-        cfg.data,
-        cfg.sampler,
-        trainer.rank,
-        trainer.world_size,
-        cfg.train.seed,
-        start_step=trainer.step,
-    )
+    # Offline triplet selection (a triplet term with selection: offline) replaces the loader.
+    offline = OfflineTriplets.from_config(cfg, index, trainer)
+    if offline is not None:
+        hooks.insert(0, offline)  # ahead of MLflow: it adds each round's figures to a step
+        loader = offline.batches()
+    else:
+        loader = build_loader(
+            index,
+            cfg.data,
+            cfg.sampler,
+            trainer.rank,
+            trainer.world_size,
+            cfg.train.seed,
+            start_step=trainer.step,
+        )
     for hook in hooks:
         hook.on_start(trainer)
     batches = iter(loader)
