@@ -1,0 +1,400 @@
+"""LFW View 1: five training objectives, same backbone, data and budget, on real faces.
+
+    python benchmarks/lfw.py [--steps N] [--backbone NAME] [--objectives NAME ...] [--quick]
+
+1. prep: the identities of `peopleDevTrain.txt` (their images only, through a folder of
+   links), aligned 112x112 with the SphereFace authors' landmarks, on local Ray;
+2. train each objective with `facetrain train --nproc N` for the same number of steps:
+   softmax, A-Softmax (m=4), softmax + centre, triplet (semi-hard), A-Softmax + triplet;
+3. verify each on `pairsDevTest.txt` (people disjoint from DevTrain) at the threshold chosen
+   on `pairsDevTrain.txt`, plus AUC and TAR@FAR on DevTest.
+
+All runs go to one MLflow experiment (select them and press Compare in the UI). The table goes
+into BENCHMARKS.md (section `lfw`), the overlaid ROC curves into one PNG. The papers' order
+(A-Softmax >= centre > softmax) is a hypothesis here: small budgets can reorder it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DEFAULT_LFW = REPO.parent / "shared" / "data" / "lfw"
+
+# Each objective as the `loss:` list of a TrainConfig; everything else is shared.
+OBJECTIVES: dict[str, list[dict]] = {
+    "softmax": [{"type": "softmax"}],
+    "asoftmax": [{"type": "asoftmax", "margin": 4}],
+    "softmax+center": [{"type": "softmax"}, {"type": "center", "weight": 0.003}],
+    "triplet": [{"type": "triplet", "mining": "semihard", "margin": 0.2}],
+    "asoftmax+triplet": [
+        {"type": "asoftmax", "margin": 4},
+        {"type": "triplet", "weight": 0.5, "mining": "semihard"},
+    ],
+}
+EXPERIMENT = "lfw-view1-objectives"
+
+
+def read_people(path: Path) -> dict[str, int]:
+    """`peopleDevTrain.txt`: a count line, then `name images` lines."""
+    lines = [line.split() for line in path.read_text().splitlines()[1:] if line.strip()]
+    return {name: int(count) for name, count in lines}
+
+
+def devtrain_view(lfw: Path, people: dict[str, int], view: Path) -> tuple[Path, Path]:
+    """A folder of links to the DevTrain identities' folders + their landmark rows: prep sees
+    exactly those people, and nothing is copied."""
+    images = view / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    for name in people:
+        link = images / name
+        if not link.exists():
+            link.symlink_to((lfw / "images" / name).resolve(), target_is_directory=True)
+    rows = [
+        line
+        for line in (lfw / "landmarks.txt").read_text().splitlines()
+        if line.split("/", 1)[0] in people
+    ]
+    landmarks = view / "landmarks.txt"
+    landmarks.write_text("\n".join(rows) + "\n")
+    return images, landmarks
+
+
+def prep(images: Path, landmarks: Path, shards: Path, min_images: int, workers: int):
+    from data_prep import run_prep
+    from data_prep.config import PrepConfig
+
+    config = PrepConfig(
+        source=str(images), landmarks=str(landmarks), out=str(shards), min_images=min_images,
+        shard_size=2000, workers=workers,
+    )  # fmt: skip
+    return run_prep(config)
+
+
+def train_tree(
+    args: argparse.Namespace,
+    name: str,
+    loss: list[dict],
+    shards: Path,
+    tracking_uri: str,
+    experiment: str = EXPERIMENT,
+) -> dict:
+    return {
+        "data": {"shards": str(shards), "batch": {"p": args.p, "k": args.k}, "workers": 1},
+        "model": {"backbone": args.backbone, "embedding_size": args.embedding_size},
+        "loss": loss,
+        "train": {
+            "steps": args.steps, "lr": args.lr, "warmup_steps": max(1, args.steps // 20),
+            "schedule": "cosine", "precision": "fp32", "device": args.device, "seed": args.seed,
+            "log_every": max(1, min(20, args.steps // 10)),
+        },
+        "checkpoint": {"dir": str(args.out / "checkpoints" / name), "every": args.steps},
+        "mlflow": {"tracking_uri": tracking_uri, "experiment": experiment, "run_name": name, "registered_model": None},
+    }  # fmt: skip
+
+
+def train_one(
+    args: argparse.Namespace,
+    name: str,
+    shards: Path,
+    tracking_uri: str,
+    experiment: str = EXPERIMENT,
+) -> tuple[str, float]:
+    import shutil
+
+    from jobs.config import save_resolved, validate
+    from jobs.demo.run import run_train_cli
+    from pipeline.config import TrainConfig
+
+    loss = OBJECTIVES.get(
+        name, OBJECTIVES["asoftmax+triplet"]
+    )  # the calibration run: the costliest
+    config = validate(
+        TrainConfig, train_tree(args, name, loss, shards, tracking_uri, experiment), source=name
+    )
+    # A checkpoint left by an earlier run would resume it: every measurement starts fresh.
+    shutil.rmtree(config.checkpoint.dir, ignore_errors=True)
+    slug = name.replace("+", "-")
+    config_path = save_resolved(config, args.out / f"train-{slug}.yaml")
+    started = time.perf_counter()
+    run_id = run_train_cli(
+        config_path, args.nproc, args.out / f"train-{slug}.log", tracking_uri, echo=_quiet_echo
+    )
+    return run_id, time.perf_counter() - started
+
+
+def calibrate_steps(args: argparse.Namespace, shards: Path, tracking_uri: str) -> int:
+    """Steps that fill `--minutes` per objective: a short A-Softmax + triplet run measures the
+    steady samples/s (its last logging window), in an experiment of its own."""
+    import copy
+
+    import mlflow
+
+    from jobs.demo.run import ensure_experiment
+
+    calibration = copy.copy(args)
+    calibration.steps = 60
+    experiment = EXPERIMENT + "-calibration"
+    ensure_experiment(tracking_uri, experiment, (args.out / "mlartifacts").resolve())
+    run_id, _ = train_one(calibration, "calibration", shards, tracking_uri, experiment)
+    samples_per_s = mlflow.MlflowClient(tracking_uri).get_run(run_id).data.metrics["samples_per_s"]
+    global_batch = args.p * args.k * args.nproc
+    steps = max(1, int(args.minutes * 60 * samples_per_s / global_batch))
+    print(
+        f"calibration: {samples_per_s:.0f} samples/s -> {steps} steps in {args.minutes} min",
+        file=sys.stderr,
+    )
+    return steps
+
+
+def _quiet_echo(text: str) -> None:
+    # Keep the rank logs in their log file; pass through only what says where things stand.
+    for line in text.splitlines():
+        if "MLflow run:" in line or "error" in line.lower():
+            print(line, file=sys.stderr)
+
+
+def evaluate(run_id: str, lfw: Path, tracking_uri: str, workers: int):
+    import mlflow
+
+    from pipeline.eval import load_model, log_verification, run_verification
+    from pipeline.eval.config import EvalOptions
+
+    mlflow.set_tracking_uri(tracking_uri)
+    model = load_model(run_id, device="cpu").module
+    verification = run_verification(
+        model, pairs=lfw / "pairsDevTest.txt", fit_pairs=lfw / "pairsDevTrain.txt", images=lfw / "images",
+        landmarks=lfw / "landmarks.txt", options=EvalOptions(batch_size=128, workers=workers, device="cpu"),
+    )  # fmt: skip
+    log_verification(verification, "lfw_devtest", run_id=run_id, tracking_uri=tracking_uri)
+    return verification
+
+
+def plot_rocs(curves: dict[str, tuple], path: Path, title: str) -> Path:
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 4.8))
+    for name, (fpr, tpr, auc) in curves.items():
+        axes.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
+    chance = np.logspace(-3, 0, 50)
+    axes.plot(chance, chance, color="grey", linestyle=":", linewidth=0.8, label="chance")
+    axes.set_xscale("log")
+    axes.set_xlim(1e-3, 1)
+    axes.set_ylim(0, 1.01)
+    axes.set_xlabel("false accept rate (different people accepted)")
+    axes.set_ylabel("true accept rate")
+    axes.set_title(title)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def markdown(
+    rows: list[dict], args: argparse.Namespace, prep_line: str, roc_png: Path, report: Path
+) -> str:
+    try:
+        roc_link = os.path.relpath(roc_png, report.parent)
+    except ValueError:
+        roc_link = str(roc_png)
+    lines = [
+        "## LFW View 1: training objectives",
+        "",
+        f"`python benchmarks/lfw.py {' '.join(args.argv)}`".replace(" `", "`"),
+        "",
+        f"Trained on the people of `peopleDevTrain.txt` ({prep_line}); {args.backbone} backbone, "
+        f"{args.embedding_size}-d embedding, batch {args.p}x{args.k} per rank on {args.nproc} ranks, "
+        f"{args.steps} steps each, {args.device}. Accuracy on `pairsDevTest.txt` (people disjoint "
+        "from training) at the threshold chosen on `pairsDevTrain.txt`, ± the spread over its 10 "
+        "folds; AUC and TAR@FAR on DevTest. Wall time includes process start and rank launch.",
+        "",
+        "| objective | accuracy % | AUC | TAR@FAR=1e-2 % | steps | wall time | MLflow run |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if row.get("error"):
+            lines.append(
+                f"| {row['objective']} | **failed**: {row['error']} | | | {args.steps} | {row['seconds']:.0f} s | |"
+            )
+            continue
+        summary = row["summary"]
+        tar = (summary.get("tar_at_far") or {}).get("0.01")
+        lines.append(
+            f"| {row['objective']} | {_percent(summary['accuracy'])} ± {_percent(summary['accuracy_std'])} "
+            f"| {summary['auc']:.4f} | {_percent(tar)} | {args.steps} | {row['seconds']:.0f} s | `{row['run_id']}` |"
+        )
+    skipped = {row["summary"].get("skipped_pairs", 0) for row in rows if "summary" in row}
+    if skipped - {0}:
+        lines += [
+            "",
+            f"DevTest pairs skipped for a missing image: {', '.join(map(str, sorted(skipped)))}.",
+        ]
+    lines += ["", f"ROC curves on DevTest: ![LFW DevTest ROC]({roc_link})"]
+    if args.quick:
+        lines += [
+            "",
+            "_Quick smoke run (tiny budget): shows the pipeline works, says nothing about the objectives._",
+        ]
+    return "\n".join(lines)
+
+
+def _update_report(report: Path, body: str) -> None:
+    spec = importlib.util.spec_from_file_location("run_all", HERE / "run_all.py")
+    run_all = sys.modules.setdefault("run_all", importlib.util.module_from_spec(spec))
+    if not hasattr(run_all, "update_section"):
+        spec.loader.exec_module(run_all)
+    run_all.update_section(report, "lfw", body)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--lfw",
+        type=Path,
+        default=DEFAULT_LFW,
+        help="LFW folder (images/, landmarks.txt, View 1 lists)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "out" / "lfw-benchmark", help="work folder"
+    )
+    parser.add_argument(
+        "--objectives", nargs="+", choices=sorted(OBJECTIVES), default=list(OBJECTIVES)
+    )
+    parser.add_argument(
+        "--steps", type=int, default=3000, help="training steps per objective (the budget)"
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        help="instead of --steps: steps that take this long (measured by a calibration run)",
+    )
+    parser.add_argument("--backbone", default="mobilefacenet")
+    parser.add_argument("--embedding-size", type=int, default=128)
+    parser.add_argument("--p", type=int, default=16, help="identities per rank per step")
+    parser.add_argument("--k", type=int, default=4, help="images per identity")
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--nproc", type=int, default=2, help="local training ranks")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    parser.add_argument(
+        "--min-images", type=int, default=2, help="DevTrain people with fewer images are left out"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="CPUs for prep and evaluation")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tracking-uri", help="MLflow store (default: SQLite under --out)")
+    parser.add_argument(
+        "--report", type=Path, default=REPO / "BENCHMARKS.md", help="report to update"
+    )
+    parser.add_argument(
+        "--no-report", action="store_true", help="print the section, leave the report alone"
+    )
+    parser.add_argument(
+        "--png", type=Path, help="ROC plot (default: benchmarks/results/lfw-roc.png)"
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny backbone, 20 steps")
+    args = parser.parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])
+    if args.quick:
+        args.backbone, args.embedding_size, args.steps, args.p = "tiny", 32, min(args.steps, 20), 8
+    if args.png is None:
+        args.png = (args.out if args.quick else HERE / "results") / "lfw-roc.png"
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    args = parse_args(argv)
+    lfw = args.lfw
+    for needed in (
+        "images",
+        "landmarks.txt",
+        "peopleDevTrain.txt",
+        "pairsDevTrain.txt",
+        "pairsDevTest.txt",
+    ):
+        if not (lfw / needed).exists():
+            raise FileNotFoundError(
+                f"--lfw {lfw}: {needed} is missing (see ../shared/data/lfw/README.md)"
+            )
+    args.out.mkdir(parents=True, exist_ok=True)
+    tracking_uri = args.tracking_uri or f"sqlite:///{(args.out / 'mlflow.db').resolve()}"
+    from jobs.demo.run import ensure_experiment
+
+    ensure_experiment(tracking_uri, EXPERIMENT, (args.out / "mlartifacts").resolve())
+
+    people = read_people(lfw / "peopleDevTrain.txt")
+    images, landmarks = devtrain_view(lfw, people, args.out / "devtrain")
+    print(f"prep: {len(people)} DevTrain people -> {args.out / 'shards'}", file=sys.stderr)
+    summary = prep(images, landmarks, args.out / "shards", args.min_images, args.workers)
+    train_split = summary.splits.get("train", {})
+    reasons = ", ".join(
+        f"{count} {reason}" for reason, count in sorted(summary.rejected_by_reason.items())
+    )
+    prep_line = (
+        f"{train_split.get('identities')} people with >= {args.min_images} images, "
+        f"{train_split.get('images')} images; left out: {reasons or 'none'}"
+    )
+
+    from tqdm import tqdm
+
+    if args.minutes:
+        args.steps = calibrate_steps(args, args.out / "shards", tracking_uri)
+
+    rows, curves = [], {}
+    for name in tqdm(args.objectives, desc="objectives", unit="run"):
+        started = time.perf_counter()
+        try:
+            run_id, seconds = train_one(args, name, args.out / "shards", tracking_uri)
+            verification = evaluate(run_id, lfw, tracking_uri, args.workers)
+        except Exception as err:  # one objective failing must not lose the others' figures
+            rows.append(
+                {
+                    "objective": name,
+                    "error": f"{type(err).__name__}: {err}",
+                    "seconds": time.perf_counter() - started,
+                }
+            )
+            tqdm.write(f"{name}: failed: {err}", file=sys.stderr)
+            continue
+        fpr, tpr, _ = verification.roc()
+        curves[name] = (fpr, tpr, verification.summary["auc"])
+        rows.append(
+            {
+                "objective": name,
+                "run_id": run_id,
+                "seconds": seconds,
+                "summary": verification.summary,
+            }
+        )
+        tqdm.write(
+            f"{name}: accuracy {verification.summary['accuracy']:.4f}, AUC {verification.summary['auc']:.4f}",
+            file=sys.stderr,
+        )
+
+    roc_png = plot_rocs(curves, args.png, f"LFW DevTest, {args.backbone}, {args.steps} steps")
+    (args.out / "results.json").write_text(json.dumps(rows, indent=2, default=str))
+    text = markdown(rows, args, prep_line, roc_png, args.report)
+    if not args.no_report:
+        _update_report(args.report, text)
+    return text
+
+
+if __name__ == "__main__":
+    print(main())
