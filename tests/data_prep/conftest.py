@@ -85,9 +85,10 @@ def synthetic(tmp_path_factory) -> Synthetic:
     return Synthetic(root, landmarks_file, landmarks, good, rejects, max_image_pixels=1_200_000)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_session():
-    """A small local Ray shared by the tests that exercise the Ray path (start-up costs seconds)."""
+    """A small local Ray for a module's Ray-path tests (start-up costs seconds); module-scoped so
+    that no Ray outlives this package's tests in a full-suite run."""
     ray = pytest.importorskip("ray")
     started = not ray.is_initialized()
     if started:

@@ -9,10 +9,10 @@ BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "prep_throughpu
 
 
 @pytest.mark.slow
-def test_prep_throughput_quick_run_reports_a_table(ray_session, monkeypatch):
+def test_prep_throughput_quick_run_reports_a_table(monkeypatch):
     # Importable by name: the benchmark's spawned Pool workers unpickle its functions.
     monkeypatch.syspath_prepend(str(BENCHMARK.parent))
     module = importlib.import_module("prep_throughput")
-    report = module.main(["--quick", "--workers", "2"])
+    report = module.main(["--quick", "--workers", "2"])  # starts and stops its own local Ray
     assert "| method | images | median s | best s |" in report
     assert "Ray tasks: write_shard per shard" in report

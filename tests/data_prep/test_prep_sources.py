@@ -294,3 +294,21 @@ def test_csv_manifest_with_identities_points_and_boxes_and_sphereface(tmp_path):
         pixels = np.asarray(Image.open(io.BytesIO(sample["jpg"])).convert("RGB"))
         assert pixels.shape == (112, 96, 3)
         assert np.abs(dot_centres(pixels, template) - template).max() < 1.0
+
+
+def test_listing_is_streamed_in_bounded_chunks(tmp_path):
+    from data_prep.sources import iter_chunks, open_source
+
+    counts = {f"p{n}": 1 + n % 3 for n in range(12)}
+    landmarks = make_folder_dataset(tmp_path / "faces", counts, seed=5, canvas=(120, 130))
+    config = PrepConfig(
+        source=str(tmp_path / "faces"),
+        out=str(tmp_path / "o"),
+        landmarks=str(write_landmark_lines(tmp_path / "l.txt", landmarks)),
+        images_per_scan_task=4,
+    )
+    chunks = iter_chunks(open_source(config), config)
+    assert not isinstance(chunks, list | tuple)  # a generator: nothing listed up front
+    sizes = [len(chunk.entries) for chunk in chunks]
+    # Cut at identity boundaries once 4 entries are reached: at most 4 - 1 + 3 per chunk.
+    assert sum(sizes) == len(landmarks) and max(sizes) <= 6 and len(sizes) >= len(landmarks) // 6
