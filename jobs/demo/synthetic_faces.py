@@ -58,6 +58,9 @@ MARK_COLOURS = np.array(
 )
 MARK_KINDS = ("none", "mole", "cheek_stripes", "freckles", "forehead_dot")
 FRECKLES = 9
+# `render_faces(markers=True)`: one pure colour per landmark, for tests that look for them.
+MARKER_COLOURS = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 0, 255), (0, 255, 255))
+MARKER_RADIUS = 0.06
 
 
 @dataclass(frozen=True)
@@ -270,33 +273,32 @@ def render_faces(
     )
     canvas = _Canvas(u, v, px_per_unit[:, None, None])
 
-    def col(name: str, source: Sequence) -> np.ndarray:
-        return np.array([getattr(item, name) for item in source], np.float32)
-
-    def trait(name: str) -> np.ndarray:
-        values = col(name, traits)
-        return values.reshape(count, *([1] * 2), *values.shape[1:])
-
     _background(canvas, variations, size)
-    hair = trait("hair")
-    face_a, face_b = trait("face_a"), trait("face_b")
+    hair = _stack(traits, "hair")
+    face_a, face_b = _stack(traits, "face_a"), _stack(traits, "face_b")
     # Hair behind the head, ears, then the face.
     canvas.paint(hair, canvas.ellipse(0, -0.12, face_a + 0.12, face_b + 0.08), where=v < 0.25)
-    eye_y = trait("eye_y")
+    eye_y = _stack(traits, "eye_y")
     for side in (-1, 1):
-        canvas.paint(trait("skin") * 0.92, canvas.ellipse(side * face_a, eye_y + 0.18, 0.12, 0.22))
+        canvas.paint(
+            _stack(traits, "skin") * 0.92, canvas.ellipse(side * face_a, eye_y + 0.18, 0.12, 0.22)
+        )
     face = canvas.ellipse(0, 0, face_a, face_b)
-    canvas.paint(trait("skin"), face)
+    canvas.paint(_stack(traits, "skin"), face)
     # Cheek shading gives the face some depth under the lighting gradient.
-    canvas.paint(trait("skin") * 0.85, canvas.ellipse(0, 0.35, face_a, face_b * 0.7) * 0.35 * face)
+    canvas.paint(
+        _stack(traits, "skin") * 0.85, canvas.ellipse(0, 0.35, face_a, face_b * 0.7) * 0.35 * face
+    )
 
     beard = np.array([t.beard for t in traits])[:, None, None]
-    mouth_y = trait("mouth_y")
+    mouth_y = _stack(traits, "mouth_y")
     canvas.paint(hair * 0.9, face * (beard & (v > mouth_y - 0.12)) * 0.9)
     _marks(canvas, traits)
     # Fringe: hair over the forehead above a per-identity hairline with a parting.
     hairline = (
-        trait("hairline") + trait("hair_curve") * u**2 - 0.12 * np.abs(u - trait("hair_part"))
+        _stack(traits, "hairline")
+        + _stack(traits, "hair_curve") * u**2
+        - 0.12 * np.abs(u - _stack(traits, "hair_part"))
     )
     canvas.paint(hair, face * canvas.half_plane(v - hairline))
 
@@ -306,12 +308,12 @@ def render_faces(
     glasses = np.array([t.glasses for t in traits])[:, None, None]
     if glasses.any():
         ring = np.zeros_like(u)
-        eye_x = trait("eye_x")
+        eye_x = _stack(traits, "eye_x")
         for side in (-1, 1):
             dist = np.hypot(u - side * eye_x, (v - eye_y) * 1.2)
             ring = np.maximum(ring, canvas.band(dist, 0.2, 0.025))
         bridge = canvas.band(v, eye_y, 0.02) * (np.abs(u) < eye_x - 0.2)
-        canvas.paint(trait("glasses_colour"), np.maximum(ring, bridge) * glasses)
+        canvas.paint(_stack(traits, "glasses_colour"), np.maximum(ring, bridge) * glasses)
 
     if markers:
         for point in range(5):
@@ -333,10 +335,6 @@ def render_faces(
     _blur(canvas, variations)
     _noise(canvas, variations)
     return np.clip(np.rint(canvas.rgb), 0, 255).astype(np.uint8), landmarks
-
-
-MARKER_COLOURS = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 0, 255), (0, 255, 255))
-MARKER_RADIUS = 0.06
 
 
 class _Canvas:
