@@ -181,7 +181,7 @@ def load_rank_local(checkpoint: Path, rank: int) -> dict | None:
 def load_backbone(path: str | Path) -> nn.Module:
     """The trained backbone of a checkpoint (a `checkpoint.dir` or one step folder), on CPU
     in eval mode, rebuilt from the config saved with it."""
-    from pipeline.config import TrainConfig
+    from pipeline.config import ModelConfig
     from pipeline.models import build_backbone
 
     checkpoint = find_checkpoint(path)
@@ -189,8 +189,9 @@ def load_backbone(path: str | Path) -> nn.Module:
         raise FileNotFoundError(
             f"checkpoint {path}: no complete checkpoint (expected step-*/meta.json)"
         )
-    cfg = TrainConfig.model_validate(load_config_dict(checkpoint))
-    model = build_backbone(cfg.model.backbone, cfg.model.embedding_size, dropout=cfg.model.dropout)
+    # Only the model section: a checkpoint stays loadable when other config sections change.
+    model_cfg = ModelConfig.model_validate(load_config_dict(checkpoint)["model"])
+    model = build_backbone(model_cfg.backbone, model_cfg.embedding_size, dropout=model_cfg.dropout)
     state = torch.load(checkpoint / "backbone.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(state)
     return model.eval()

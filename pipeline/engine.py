@@ -170,6 +170,33 @@ def backbone_optimizer_state(engine, named_params: dict[str, nn.Parameter], opti
     return {"params": params, "step": float(steps[0]) if steps else None}
 
 
+def load_backbone_weights(engine, state: dict) -> None:
+    """Load a backbone state_dict into the engine's module *and* into DeepSpeed's fp32
+    master copies (ZeRO 1/2, bf16), which otherwise overwrite the weights at the next step."""
+    from deepspeed.utils import safe_set_full_fp32_param
+
+    module = engine.module
+    own = module.state_dict()
+    module.load_state_dict({name: value.to(own[name].dtype) for name, value in state.items()})
+    for name, param in module.named_parameters():
+        if _is_partitioned(param):
+            safe_set_full_fp32_param(param, state[name].float().to(param.device))
+
+
+def materialise_optimizer_state(engine, input_shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """ZeRO creates its optimizer state at the first step, and a restore needs somewhere to
+    write: take one step with a zero loss and learning rate 0 in eval mode (BatchNorm
+    statistics untouched). Weights and state are overwritten by the restore right after."""
+    device = next(engine.module.parameters()).device
+    set_lr(engine.optimizer, 0.0)
+    was_training = engine.module.training
+    engine.eval()
+    loss = engine(torch.zeros(input_shape, device=device, dtype=dtype)).float().sum() * 0.0
+    engine.backward(loss)
+    engine.step()
+    engine.train(was_training)
+
+
 def load_backbone_optimizer_state(
     engine, named_params: dict[str, nn.Parameter], state: dict
 ) -> None:

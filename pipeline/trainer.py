@@ -26,7 +26,9 @@ from pipeline.engine import (
     clip_sharded_grad_norm_,
     ensure_process_group,
     load_backbone_optimizer_state,
+    load_backbone_weights,
     make_optimizer,
+    materialise_optimizer_state,
     resolve_device,
     resolve_precision,
     set_lr,
@@ -292,8 +294,9 @@ class Trainer:
         """Restore from a checkpoint written by any world size (RNG only if it matches)."""
         from losses import reshard
 
-        own = self.backbone.state_dict()
-        self.backbone.load_state_dict({k: v.to(own[k].dtype) for k, v in backbone.items()})
+        if self.cfg.train.zero_stage > 0 or self.precision != "fp32":
+            materialise_optimizer_state(self.engine, (2, 3, 112, 112), self.input_dtype)
+        load_backbone_weights(self.engine, backbone)
         named = dict(self.backbone.named_parameters())
         load_backbone_optimizer_state(self.engine, named, replicated["backbone_optimizer"])
         self.objective.load_state_dict(replicated["objective"], strict=False)
