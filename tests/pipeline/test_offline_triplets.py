@@ -301,3 +301,40 @@ def test_resume_mid_round_replays_the_same_batches(synthetic_shards, tmp_path, m
         # whole run, interrupted run (step 6 only), resumed run: one batch each
         assert len(set(digests[step])) == 1, step
     assert "offline/round" not in resumed["stats"][6]  # round 1 was selected before the restart
+
+
+def train_offline_ranks(rank, world_size, shards, ckpt_dir):
+    from pipeline.hooks import Hook
+    from pipeline.offline_triplets import STATE_KEY
+    from pipeline.run import run_rank
+
+    record = {}
+
+    class Recorder(Hook):
+        def after_step(self, trainer, out):
+            record[out.step] = {
+                "stats": dict(out.stats),
+                "round_triplets": trainer.extra_state[STATE_KEY]["triplets"].clone(),
+            }
+
+        def on_end(self, trainer, summary):
+            record["backbone"] = {k: v.clone() for k, v in trainer.backbone.state_dict().items()}
+
+    cfg = make_config(shards, ckpt_dir, steps=4, every=2)
+    run_rank(cfg, extra_hooks=[Recorder()], progress=False)
+    return record
+
+
+def test_offline_training_on_two_ranks(synthetic_shards, tmp_path):
+    single = train_offline_ranks(0, 1, synthetic_shards, tmp_path / "one")
+    ranks = run_ranks(train_offline_ranks, 2, synthetic_shards, tmp_path / "two")
+    # Round 0 embeds with the initial weights: the same triplets on 1 rank and on each of 2.
+    for record in ranks:
+        assert torch.equal(record[0]["round_triplets"], single[0]["round_triplets"])
+        assert record[0]["stats"]["triplet/num_triplets"] == 2 * 4  # both ranks' batches
+    assert single[0]["stats"]["triplet/num_triplets"] == 4
+    # Round 1 (weights after 2 steps) agrees across the ranks; the model stays replicated.
+    assert torch.equal(ranks[0][3]["round_triplets"], ranks[1][3]["round_triplets"])
+    for name, value in ranks[0]["backbone"].items():
+        assert torch.equal(value, ranks[1]["backbone"][name]), name
+    assert "offline/round" in ranks[0][2]["stats"] and "offline/round" in ranks[1][2]["stats"]
