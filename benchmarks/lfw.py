@@ -35,6 +35,16 @@ OBJECTIVES: dict[str, list[dict]] = {
     "asoftmax": [{"type": "asoftmax", "margin": 4}],
     "softmax+center": [{"type": "softmax"}, {"type": "center", "weight": 0.003}],
     "triplet": [{"type": "triplet", "mining": "semihard", "margin": 0.2}],
+    # FaceNet's offline selection: every 100 steps, embed 90 identities x <= 20 images and
+    # train on their semi-hard triplets (docs/training.md); same steps and images per step.
+    "triplet-offline": [
+        {
+            "type": "triplet",
+            "margin": 0.2,
+            "selection": "offline",
+            "offline": {"every": 100, "identities": 90, "images_per_identity": 20},
+        }
+    ],
     "asoftmax+triplet": [
         {"type": "asoftmax", "margin": 4},
         {"type": "triplet", "weight": 0.5, "mining": "semihard"},
