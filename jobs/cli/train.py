@@ -31,7 +31,13 @@ def run(args: argparse.Namespace) -> int:
 
     import logging
 
+    from pipeline.data.shards import read_dataset_index
     from pipeline.run import TrainingFailed, train_local
+
+    try:  # a missing or unusable shard set is the user's input: exit 2 before any rank starts
+        read_dataset_index(cfg.data.shards, cfg.data.split)
+    except (OSError, ValueError) as err:
+        raise UsageError(str(err)) from err
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -39,8 +45,6 @@ def run(args: argparse.Namespace) -> int:
     except TrainingFailed as err:
         print(f"facetrain train: error: {err}", file=sys.stderr)
         return 1
-    except (FileNotFoundError, ValueError) as err:
-        raise UsageError(str(err)) from err
     print(f"checkpoint: {summary.get('checkpoint')}")
     if summary.get("mlflow_run_id"):
         print(f"MLflow run: {summary['mlflow_run_id']}")

@@ -56,6 +56,18 @@ def test_unknown_config_key_exits_2_naming_it(tmp_path):
     assert len(lines) == 1 and "train.stepz" in lines[0], result.stderr
 
 
+def test_missing_shards_exit_2_naming_data_shards(tmp_path):
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"data": {"shards": str(tmp_path / "nowhere")}, "loss": [{"type": "softmax"}]}
+        )
+    )
+    result = facetrain("train", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "data.shards" in result.stderr and "dataset.json" in result.stderr, result.stderr
+
+
 @pytest.mark.slow
 def test_train_two_ranks_prints_the_mlflow_run(tmp_path):
     shards = write_shards(tmp_path / "shards", [3, 4, 5] * 6, num_shards=4)
