@@ -133,6 +133,24 @@ def test_batch_positions_partition_the_round():
     assert batch_positions(2, 1, 2, 4, 7).tolist() == [6, 0, 1, 2]  # cyclic past the end
 
 
+def test_sample_holds_the_configured_identities_and_images(tmp_path):
+    from pipeline.data.shards import read_dataset_index
+
+    counts = [2 + label % 7 for label in range(30)]
+    index = read_dataset_index(str(write_shards(tmp_path, counts, num_shards=5)))
+    samples = [choose_sample(index, 0, round_index, 6, 4) for round_index in range(4)]
+    for sample in samples:
+        labels = sample.labels.tolist()
+        assert len(set(labels)) == 6
+        for label in set(labels):
+            assert labels.count(label) == min(counts[label], 4)
+        pairs = zip(sample.keys, labels, strict=True)
+        assert all(int(key.split("_")[0]) == label for key, label in pairs)  # key: label_index
+        assert len(set(sample.keys)) == len(sample.keys)  # images drawn without replacement
+    assert choose_sample(index, 0, 2, 6, 4).keys == samples[2].keys  # (seed, round) fixes it
+    assert len({tuple(sample.keys) for sample in samples}) == 4  # rounds see other samples
+
+
 # ---------------------------------------------------------------- a round on 2 ranks vs 1
 
 
