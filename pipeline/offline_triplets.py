@@ -22,6 +22,7 @@ carries them; a resumed run re-streams the same sample and takes up the same bat
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import time
 from collections.abc import Iterator
@@ -81,25 +82,24 @@ def choose_sample(
         seen += index.shards[position].identities
         if seen >= 2 * identities:
             break
+    if seen == 0:
+        raise ValueError(
+            f"data.shards: its {len(index.shards)} shards list no identities; offline triplet "
+            "selection has nothing to sample"
+        )
     chosen = set(rng.choice(seen, size=min(identities, seen), replace=False).tolist())
-    last = max(chosen)
+    streamed = itertools.chain.from_iterable(iter_identities(shard.url) for shard in shards)
     labels, keys, images = [], [], []
-    ordinal = 0
-    for shard in shards:
-        for identity in iter_identities(shard.url):
-            if ordinal in chosen:
-                count = len(identity.images)
-                for image_index in sorted(
-                    rng.choice(count, size=min(count, images_per_identity), replace=False)
-                ):
-                    labels.append(identity.label)
-                    keys.append(identity.keys[image_index])
-                    images.append(identity.images[image_index])
-            ordinal += 1
-            if ordinal > last:
-                break
-        if ordinal > last:
-            break
+    for ordinal, identity in enumerate(itertools.islice(streamed, max(chosen) + 1)):
+        if ordinal not in chosen:
+            continue
+        count = len(identity.images)
+        for image_index in sorted(
+            rng.choice(count, size=min(count, images_per_identity), replace=False)
+        ):
+            labels.append(identity.label)
+            keys.append(identity.keys[image_index])
+            images.append(identity.images[image_index])
     return RoundSample(torch.tensor(labels, dtype=torch.int64), keys, images)
 
 
