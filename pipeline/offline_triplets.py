@@ -26,6 +26,7 @@ import itertools
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -304,12 +305,21 @@ class OfflineTriplets(Hook):
         }
 
     def batches(self) -> Iterator[dict]:
-        """Endless batches from the trainer's current step; pulled one step at a time, so
-        each round embeds with the weights of the step before it."""
+        """Endless batches from the trainer's current step.
+
+        A round's first batch is made when the loop asks for it, so the round embeds with
+        the weights of the step before; the round's other batches depend only on its
+        triplets, so each is decoded in a thread while the previous step trains.
+        """
         step = self.trainer.step
-        while True:
-            yield self.batch(step)
-            step += 1
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="offline-triplets") as pool:
+            upcoming: Future | None = None
+            while True:
+                batch = upcoming.result() if upcoming is not None else self.batch(step)
+                step += 1
+                same_round = step % self.options.every != 0
+                upcoming = pool.submit(self.batch, step) if same_round else None
+                yield batch
 
     # ---------------------------------------------------------------- hook
     def after_step(self, trainer: Trainer, out: StepOutput) -> None:
