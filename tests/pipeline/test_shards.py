@@ -62,3 +62,18 @@ def test_errors_name_the_shard_and_sample(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:1200])
     with pytest.raises(ValueError, match="train-000008.tar: truncated"):
         list(iter_identities(str(truncated)))
+
+
+def test_urls_stream_through_webdataset_gopen(tmp_path):
+    """`file://` and `pipe:` sources take the stream path (short reads included)."""
+    from pipeline.data.shards import read_dataset_index
+    from tests.pipeline.shards import write_shards
+
+    root = write_shards(tmp_path / "data", [2, 3, 1], num_shards=1, size=16)
+    local = read_dataset_index(str(root))
+    remote = read_dataset_index(f"file://{root}")
+    assert remote.shards[0].url == f"file://{root}/shards/train-000000.tar"
+    expected = [(i.label, i.keys, i.images) for i in iter_identities(local.shards[0].url)]
+    for url in (remote.shards[0].url, f"pipe:cat {local.shards[0].url}"):
+        assert [(i.label, i.keys, i.images) for i in iter_identities(url)] == expected
+    assert sorted(len(keys) for _, keys, _ in expected) == [1, 2, 3]

@@ -152,6 +152,22 @@ def test_unreachable_tracking_server_warns_once_and_training_goes_on(results):
         records[1]["metrics"]
     )
 
+    # ...and the kept records upload later, as a run of their own.
+    import mlflow
+
+    from pipeline.tracking import upload_records
+
+    uri = f"sqlite:///{root}/later.db"
+    run_id = upload_records(
+        root / "down" / "ckpt" / "tracking" / "records.jsonl", uri, experiment="later"
+    )
+    mlflow.set_tracking_uri(uri)
+    run = mlflow.get_run(run_id)
+    assert run.data.params["model.backbone"] == "tiny"
+    history = mlflow.MlflowClient().get_metric_history(run_id, "loss")
+    kept = [(r["step"], r["metrics"]["loss"]) for r in records if r["kind"] == "metrics"]
+    assert [(m.step, m.value) for m in history] == kept
+
 
 @pytest.mark.slow
 def test_final_backbone_is_logged_registered_and_loadable(results):
