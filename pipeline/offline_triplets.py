@@ -210,6 +210,7 @@ class OfflineTriplets(Hook):
         self.triplets: Tensor | None = None
         self._round_stats: dict[str, float] = {}
         self._train_seconds = 0.0
+        self._trained_triplets = self._active_triplets = 0
 
     @classmethod
     def from_config(
@@ -328,6 +329,13 @@ class OfflineTriplets(Hook):
             out.stats.update(self._round_stats)
             self._round_stats = {}
         self._train_seconds += out.seconds
+        self._trained_triplets += int(out.stats.get("triplet/num_triplets", 0))
+        self._active_triplets += int(out.stats.get("triplet/num_active", 0))
         if trainer.step % self.options.every == 0 or trainer.step >= self.cfg.train.steps:
             out.stats["offline/train_seconds"] = self._train_seconds
+            # How many of the round's triplets still had a positive loss when trained on.
+            out.stats["offline/train_active_fraction"] = self._active_triplets / max(
+                1, self._trained_triplets
+            )
             self._train_seconds = 0.0
+            self._trained_triplets = self._active_triplets = 0

@@ -280,6 +280,12 @@ def test_offline_training_lowers_triplet_loss_on_validation_sample(synthetic_sha
         assert stats["offline/embed_seconds"] > 0
     ends = [step for step, stats in record["stats"].items() if "offline/train_seconds" in stats]
     assert ends == [7, 15, 23]
+    for end in ends:
+        steps = [record["stats"][step] for step in range(end - 7, end + 1)]
+        active = sum(stats["triplet/num_active"] for stats in steps)
+        trained = sum(stats["triplet/num_triplets"] for stats in steps)
+        assert trained == 8 * 4
+        assert record["stats"][end]["offline/train_active_fraction"] == active / trained
     # The round figures reach the tracking records (the server is unreachable here).
     lines = (tmp_path / "ckpt" / "tracking" / "records.jsonl").read_text().splitlines()
     logged = [json.loads(line) for line in lines if '"offline/triplets_selected"' in line]
