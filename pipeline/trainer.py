@@ -141,12 +141,21 @@ class Trainer:
         grad_norm = self._backbone_grad_norm()
         head_norm = None
         if self.head_optimizer is not None:
+            # fp16: DeepSpeed scaled the loss, so the shards' gradients carry its scale too.
+            loss_scale = float(getattr(self.engine.optimizer, "loss_scale", 1.0) or 1.0)
+            if self.precision == "fp16" and loss_scale != 1.0:
+                for param in self.head_params:
+                    if param.grad is not None:
+                        param.grad.div_(loss_scale)
             head_norm = clip_sharded_grad_norm_(
                 self.head_params, self.cfg.train.grad_clip, self.group
             )
+        overflow_skips = self.engine.skipped_steps
         self.engine.step()
         if self.head_optimizer is not None:
-            self.head_optimizer.step()
+            # An fp16 overflow makes DeepSpeed skip the backbone step: skip the shards too.
+            if self.engine.skipped_steps == overflow_skips:
+                self.head_optimizer.step()
             self.head_optimizer.zero_grad(set_to_none=True)
         average_buffers(self.backbone, self.group)
         if grad_norm is None:
