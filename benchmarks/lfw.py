@@ -259,6 +259,11 @@ def markdown(
             f"DevTest pairs skipped for a missing image: {', '.join(map(str, sorted(skipped)))}.",
         ]
     lines += ["", f"ROC curves on DevTest: ![LFW DevTest ROC]({roc_link})"]
+    machine = _run_all().machine_description()
+    lines += [
+        "",
+        "Measured on: " + "; ".join(f"{key} {value}" for key, value in machine.items()) + ".",
+    ]
     if args.quick:
         lines += [
             "",
@@ -267,12 +272,13 @@ def markdown(
     return "\n".join(lines)
 
 
-def _update_report(report: Path, body: str) -> None:
-    spec = importlib.util.spec_from_file_location("run_all", HERE / "run_all.py")
-    run_all = sys.modules.setdefault("run_all", importlib.util.module_from_spec(spec))
-    if not hasattr(run_all, "update_section"):
-        spec.loader.exec_module(run_all)
-    run_all.update_section(report, "lfw", body)
+def _run_all():
+    """benchmarks/run_all.py as a module (for its report helpers), loaded once."""
+    if "run_all" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("run_all", HERE / "run_all.py")
+        module = sys.modules["run_all"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules["run_all"]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -399,10 +405,17 @@ def main(argv: Sequence[str] | None = None) -> str:
         )
 
     roc_png = plot_rocs(curves, args.png, f"LFW DevTest, {args.backbone}, {args.steps} steps")
-    (args.out / "results.json").write_text(json.dumps(rows, indent=2, default=str))
+    results = {
+        "argv": args.argv,
+        "prep": prep_line,
+        "steps": args.steps,
+        "png": str(roc_png),
+        "rows": rows,
+    }
+    (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     text = markdown(rows, args, prep_line, roc_png, args.report)
     if not args.no_report:
-        _update_report(args.report, text)
+        _run_all().update_section(args.report, "lfw", text)
     return text
 
 
