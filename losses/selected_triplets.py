@@ -20,11 +20,12 @@ generator, picks the same triplets.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Generator, Tensor, nn
 
 from losses.checks import check_batch
 from losses.distributed import ProcessGroup, rank_and_world
@@ -34,8 +35,6 @@ from losses.mining import (
     triplet_masks,
 )
 
-NEGATIVE_RULES = ("semihard", "hard", "random-within-margin")
-
 
 class Selection(NamedTuple):
     triplets: Tensor  # int64 [T, 3]: (anchor, positive, negative) row indices, pair order
@@ -43,40 +42,62 @@ class Selection(NamedTuple):
     num_pairs: int  # (anchor, positive) pairs whose anchor has a negative at all
 
 
-def _negative_cols(
+# Each rule: (distances, positive, negative, margin, generator) -> [rows, candidates] with
+# entry (a, p) the chosen negative's column, -1 where no negative qualifies.
+
+
+def _semihard(
     distances: Tensor,
     positive: Tensor,
     negative: Tensor,
     margin: float,
-    negatives: str,
-    generator: torch.Generator | None,
+    generator: Generator | None,
 ) -> Tensor:
-    """[rows, candidates]: entry (a, p) the chosen negative's column, -1 where none qualifies."""
-    none = torch.full(distances.shape, -1, dtype=torch.int64, device=distances.device)
-    if negatives == "semihard":
-        # The online loss's choice (nearest negative farther than the positive, else the
-        # farthest), kept only where it is truly semi-hard.
-        cols = semihard_negative_cols(distances, positive, negative)
-        d_neg = distances.gather(1, cols.clamp_min(0))
-        keep = (cols >= 0) & (d_neg > distances) & (d_neg < distances + margin)
-        return torch.where(keep, cols, none)
-    if negatives == "hard":
-        nearest = torch.where(negative, distances, torch.full_like(distances, float("inf")))
-        nearest = nearest.argmin(dim=1)
-        has_negative = negative.any(dim=1)
-        cols = nearest[:, None].expand_as(distances)
-        d_neg = distances.gather(1, cols.clamp_min(0))
-        keep = positive & has_negative[:, None] & (d_neg < distances + margin)
-        return torch.where(keep, cols, none)
-    if negatives == "random-within-margin":
-        masked = torch.where(negative, distances, torch.full_like(distances, float("inf")))
-        sorted_values, sorted_cols = masked.sort(dim=1, stable=True)
-        eligible = torch.searchsorted(sorted_values, (distances + margin).contiguous(), right=False)
-        draws = torch.rand(distances.shape, generator=generator, dtype=torch.float64)
-        position = (draws.to(distances.device) * eligible).long().clamp_max(distances.shape[1] - 1)
-        cols = sorted_cols.gather(1, position)
-        return torch.where(positive & (eligible > 0), cols, none)
-    raise ValueError(f"negatives={negatives!r}: expected one of {list(NEGATIVE_RULES)}")
+    # The online loss's choice (nearest negative farther than the positive, else the
+    # farthest), kept only where it is truly semi-hard.
+    cols = semihard_negative_cols(distances, positive, negative)
+    d_neg = distances.gather(1, cols.clamp_min(0))
+    keep = (cols >= 0) & (d_neg > distances) & (d_neg < distances + margin)
+    return torch.where(keep, cols, torch.full_like(cols, -1))
+
+
+def _hard(
+    distances: Tensor,
+    positive: Tensor,
+    negative: Tensor,
+    margin: float,
+    generator: Generator | None,
+) -> Tensor:
+    masked = torch.where(negative, distances, torch.full_like(distances, float("inf")))
+    cols = masked.argmin(dim=1, keepdim=True).expand_as(distances)
+    keep = positive & negative.any(dim=1, keepdim=True)
+    keep &= distances.gather(1, cols) < distances + margin
+    return torch.where(keep, cols, torch.full_like(cols, -1))
+
+
+def _random_within_margin(
+    distances: Tensor,
+    positive: Tensor,
+    negative: Tensor,
+    margin: float,
+    generator: Generator | None,
+) -> Tensor:
+    # Negatives sorted by distance: the eligible ones (d(a,n) < d(a,p) + margin) are a
+    # prefix, so a uniform position inside it is a uniform eligible negative.
+    masked = torch.where(negative, distances, torch.full_like(distances, float("inf")))
+    sorted_values, sorted_cols = masked.sort(dim=1, stable=True)
+    eligible = torch.searchsorted(sorted_values, (distances + margin).contiguous(), right=False)
+    draws = torch.rand(distances.shape, generator=generator, dtype=torch.float64)
+    position = (draws.to(distances.device) * eligible).long().clamp_max(distances.shape[1] - 1)
+    cols = sorted_cols.gather(1, position)
+    return torch.where(positive & (eligible > 0), cols, torch.full_like(cols, -1))
+
+
+NEGATIVE_RULES: dict[str, Callable[..., Tensor]] = {
+    "semihard": _semihard,
+    "hard": _hard,
+    "random-within-margin": _random_within_margin,
+}
 
 
 def select_triplets(
@@ -95,7 +116,7 @@ def select_triplets(
     """
     check_batch(embeddings, labels, None, "select_triplets")
     if negatives not in NEGATIVE_RULES:
-        raise ValueError(f"negatives={negatives!r}: expected one of {list(NEGATIVE_RULES)}")
+        raise ValueError(f"negatives={negatives!r}: expected one of {sorted(NEGATIVE_RULES)}")
     candidates = embeddings.detach().to(torch.float64)
     if normalize:
         candidates = F.normalize(candidates, dim=1)
@@ -106,7 +127,7 @@ def select_triplets(
         distances = pairwise_squared_distances(candidates[rows], candidates)
         positive, negative = triplet_masks(labels[rows], labels, rows)
         num_pairs += int((positive & negative.any(dim=1, keepdim=True)).sum())
-        cols = _negative_cols(distances, positive, negative, margin, negatives, generator)
+        cols = NEGATIVE_RULES[negatives](distances, positive, negative, margin, generator)
         anchor_slot, positive_col = (cols >= 0).nonzero(as_tuple=True)
         negative_col = cols[anchor_slot, positive_col]
         triplets.append(torch.stack([rows[anchor_slot], positive_col, negative_col], dim=1))
