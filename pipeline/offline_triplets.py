@@ -12,7 +12,8 @@ Round r covers steps [r * every, (r + 1) * every). At its first step, on every r
    positive) pair in float64, with a generator seeded by (seed, r): every rank gets the same
    list, shuffled with the same generator;
 4. step s of the round takes, on rank k, the `triplets_per_batch` triplets at positions
-   ((s - r * every) * W + k) * triplets_per_batch onwards (cyclically), as rows a, p, n.
+   ((s - r * every) * W + k) * triplets_per_batch onwards (cyclically), as rows a, p, n;
+   a thread decodes the next step's batch while the current one trains.
 
 The triplet term then computes the loss of exactly those triplets (`SelectedTripletLoss`).
 The round's shuffled triplets live in `trainer.extra_state`, so a checkpoint taken mid-round
