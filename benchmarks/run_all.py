@@ -39,13 +39,12 @@ REPORT_TITLE = "# Benchmarks\n\nWritten by `benchmarks/run_all.py` and `benchmar
 
 # Runs one benchmark's main() in a fresh interpreter and writes what it returned as JSON.
 _CHILD = """
-import importlib.util, json, sys, traceback
-path, argv, result = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+import importlib, json, sys, traceback
+folder, name, argv, result = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
 try:
-    spec = importlib.util.spec_from_file_location("benchmark_" + path.rsplit("/", 1)[-1][:-3], path)
-    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, path.rsplit("/", 1)[0])
-    spec.loader.exec_module(module)
+    # Imported by its own name from its folder, so processes it spawns can import it too.
+    sys.path.insert(0, folder)
+    module = importlib.import_module(name)
     text = module.main(argv)
     if not isinstance(text, str):
         raise TypeError(f"main() returned {type(text).__name__}, expected a Markdown str")
@@ -87,7 +86,8 @@ def run_one(name: str, argv: Sequence[str], timeout: float, folder: Path = HERE)
             sys.executable,
             "-c",
             _CHILD,
-            str(folder / f"{name}.py"),
+            str(folder),
+            name,
             json.dumps(list(argv)),
             str(result),
         ]

@@ -21,6 +21,13 @@ FAKES = {
     "broken": 'def main(argv=None):\n    raise RuntimeError("disk full in shard 3")\n',
     "crashes": "import os\n\ndef main(argv=None):\n    os._exit(7)\n",
     "helper": "VALUE = 1  # no main(): not a benchmark\n",
+    # Spawned workers must be able to import the benchmark's own functions by module name.
+    "spawner": (
+        "import multiprocessing\n\ndef square(x):\n    return x * x\n\n"
+        "def main(argv=None):\n"
+        "    with multiprocessing.get_context('spawn').Pool(1) as pool:\n"
+        "        return '## spawner ' + str(pool.map(square, [3]))\n"
+    ),
     "lfw": 'def main(argv=None):\n    return "## lfw"\n',
 }
 
@@ -36,7 +43,7 @@ def test_run_all_records_failures_and_keeps_going(tmp_path):
         "# Benchmarks\n\n<!-- section:kept -->\nwritten by hand\n<!-- /section:kept -->\n"
     )
 
-    assert run_all.discover(folder) == ["broken", "crashes", "fast", "lfw"]
+    assert run_all.discover(folder) == ["broken", "crashes", "fast", "lfw", "spawner"]
     summary = run_all.main(
         ["--quick", "--folder", str(folder), "--out", str(report), "--timeout", "120"]
     )
@@ -47,6 +54,7 @@ def test_run_all_records_failures_and_keeps_going(tmp_path):
     assert "disk full in shard 3" in text and "RuntimeError" in text
     assert "`crashes` | **failed**: exited with code 7" in summary
     assert "## lfw" not in text  # only when named
+    assert "## spawner [9]" in text
     for key in ("CPU", "cores", "memory", "torch", "Python", "date (UTC)"):
         assert f"| {key} |" in text
     # A second run replaces its sections instead of appending new copies.
