@@ -130,17 +130,24 @@ class FaceBatches(IterableDataset):
 
     def collate(self, step: int, picks: list[Pick]) -> dict:
         flips = np.random.default_rng([self.seed, self.rank, step]).random(len(picks)) < 0.5
-        images = []
-        for pick, flip in zip(picks, flips, strict=True):
-            pixels = decode_rgb(pick.image, where=f"sample {pick.key}")
-            images.append(hflip(pixels) if self.data.flip and flip else pixels)
-        shapes = {image.shape for image in images}
-        if len(shapes) > 1:
-            raise ValueError(
-                f"step {step}: images of different sizes in one batch: {sorted(shapes)}"
-            )
+        first = decode_rgb(picks[0].image, where=f"sample {picks[0].key}")
+        # Decode straight into one tensor, in shared memory inside a loader worker, so
+        # handing the batch to the training process copies nothing.
+        images = torch.empty((len(picks), *first.shape), dtype=torch.uint8)
+        if get_worker_info() is not None:
+            images.share_memory_()
+        pixels = images.numpy()
+        pixels[0] = first
+        for slot, pick in enumerate(picks[1:], start=1):
+            try:
+                decode_rgb(pick.image, where=f"sample {pick.key}", out=pixels[slot])
+            except ValueError as err:
+                raise ValueError(f"step {step}: {err} (batch images must share one size)") from None
+        if self.data.flip:
+            for slot in np.flatnonzero(flips):
+                pixels[slot] = hflip(pixels[slot])  # numpy copies overlapping views safely
         return {
-            "images": torch.from_numpy(np.stack(images)),
+            "images": images,
             "labels": torch.tensor([pick.label for pick in picks], dtype=torch.int64),
             "step": step,
         }

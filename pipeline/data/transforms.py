@@ -10,17 +10,39 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import simplejpeg
 import torch
 from PIL import Image
 
 
-def decode_rgb(data: bytes, where: str = "image") -> np.ndarray:
-    """JPEG/PNG bytes -> uint8 HWC RGB array; `where` names the sample in the error."""
+def decode_rgb(data: bytes, where: str = "image", out: np.ndarray | None = None) -> np.ndarray:
+    """JPEG/PNG bytes -> uint8 HWC RGB array; `where` names the sample in the error.
+
+    Baseline JPEGs go through simplejpeg (libjpeg-turbo, about twice PIL's speed here and
+    the same pixels), straight into `out` when given; anything else through PIL."""
+    if data[:2] == b"\xff\xd8":
+        try:
+            height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+            # CMYK/YCCK: PIL's conversion to RGB is the reference (libjpeg-turbo's differs by 1).
+            if colorspace in ("YCbCr", "Gray", "RGB") and (
+                out is None or out.shape == (height, width, 3)
+            ):
+                return simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out)
+        except (ValueError, TypeError):
+            pass  # let PIL decide (and name the problem)
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image.convert("RGB"))
+            pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     except Exception as err:  # PIL raises several unrelated types for bad data
         raise ValueError(f"{where}: cannot decode image ({err})") from err
+    if out is None:
+        return pixels
+    if out.shape != pixels.shape:
+        raise ValueError(
+            f"{where}: image is {pixels.shape[1]}x{pixels.shape[0]}, expected {out.shape[1]}x{out.shape[0]}"
+        )
+    out[...] = pixels
+    return out
 
 
 def to_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
@@ -34,7 +56,10 @@ def to_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
 
 def normalize_batch(images_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 [B, H, W, 3] -> float [B, 3, H, W] in [-1, 1] (`pixel / 127.5 - 1`)."""
-    return images_uint8.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0).contiguous()
+    batch, height, width, _ = images_uint8.shape
+    out = torch.empty((batch, 3, height, width), dtype=torch.float32)
+    out.copy_(images_uint8.permute(0, 3, 1, 2))  # one pass: layout and dtype together
+    return out.div_(127.5).sub_(1.0)
 
 
 def hflip(image: np.ndarray) -> np.ndarray:

@@ -46,3 +46,39 @@ def test_to_tensor_is_rgb_chw_in_minus_one_one():
     )
     batch = normalize_batch(torch.from_numpy(np.stack([pixels, pixels])))
     assert torch.equal(batch[1], tensor)
+
+
+def _encoded(pixels, fmt, mode="RGB"):
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def test_decode_matches_pil_for_every_path():
+    from pipeline.data.transforms import decode_rgb
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (112, 96, 3), dtype=np.uint8)
+    for fmt, mode in [
+        ("JPEG", "RGB"),
+        ("JPEG", "L"),
+        ("JPEG", "CMYK"),
+        ("PNG", "RGB"),
+        ("PNG", "RGBA"),
+    ]:
+        data = _encoded(pixels, fmt, mode)
+        import io
+
+        reference = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        decoded = decode_rgb(data)
+        assert decoded.shape == (112, 96, 3) and np.array_equal(decoded, reference), (fmt, mode)
+        out = np.zeros((112, 96, 3), dtype=np.uint8)
+        assert decode_rgb(data, out=out) is not None and np.array_equal(out, reference)
+    with pytest.raises(ValueError, match="sample k: image is 96x112, expected 112x112"):
+        decode_rgb(
+            _encoded(pixels, "JPEG"), where="sample k", out=np.zeros((112, 112, 3), np.uint8)
+        )
+    with pytest.raises(ValueError, match="sample z: cannot decode"):
+        decode_rgb(b"not an image", where="sample z")
