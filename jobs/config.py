@@ -34,21 +34,38 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(tree: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Return a copy of `tree` with each `a.b=c` override set (intermediate mappings created)."""
+    """Return a copy of `tree` with each `a.b=c` override set.
+
+    Missing sections are created; an integer part indexes a list (`loss.0.weight=0.5`).
+    """
     result = _deep_copy(tree)
     for text in overrides:
         path, value = parse_override(text)
-        node = result
-        for depth, part in enumerate(path[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                where = ".".join(path[: depth + 1])
-                raise ConfigError(f"--set {text!r}: {where} is a {type(child).__name__}, not a section")
-            node = child
-        node[path[-1]] = value
+        node: Any = result
+        for depth, part in enumerate(path):
+            last = depth == len(path) - 1
+            if isinstance(node, list):
+                part = _list_index(node, part, text, ".".join(path[:depth]))
+            elif not isinstance(node, dict):
+                where = ".".join(path[:depth])
+                raise ConfigError(f"--set {text!r}: {where} is a {type(node).__name__}, not a section")
+            elif not last and node.get(part) is None:
+                node[part] = {}
+            if last:
+                node[part] = value
+            else:
+                node = node[part]
     return result
+
+
+def _list_index(items: list[Any], part: str, text: str, where: str) -> int:
+    try:
+        index = int(part)
+    except ValueError:
+        raise ConfigError(f"--set {text!r}: {where} is a list; expected an index, got {part!r}") from None
+    if not -len(items) <= index < len(items):
+        raise ConfigError(f"--set {text!r}: {where} has {len(items)} entries, no index {index}")
+    return index
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -120,5 +137,9 @@ def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]
     return merged
 
 
-def _deep_copy(tree: dict[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in tree.items()}
+def _deep_copy(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {key: _deep_copy(value) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [_deep_copy(value) for value in tree]
+    return tree

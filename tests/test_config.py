@@ -54,3 +54,19 @@ def test_saved_resolved_config_round_trips(tmp_path):
     cfg = load_config(Root, None, ["train.steps=3"])
     path = save_resolved(cfg, tmp_path / "out" / "config.yaml")
     assert Root.model_validate(yaml.safe_load(path.read_text())) == cfg
+
+
+def test_integer_parts_index_lists_without_touching_the_original():
+    tree = {"loss": [{"type": "softmax", "weight": 1.0}, {"type": "triplet", "weight": 0.5}]}
+    updated = apply_overrides(tree, ["loss.1.weight=0.25", "loss.0.extra.depth=2"])
+    assert updated["loss"][1]["weight"] == 0.25
+    assert updated["loss"][0]["extra"] == {"depth": 2}
+    assert tree["loss"][1]["weight"] == 0.5
+
+
+def test_bad_list_index_is_named():
+    tree = {"loss": [{"type": "softmax"}]}
+    with pytest.raises(ConfigError, match="loss has 1 entries, no index 3"):
+        apply_overrides(tree, ["loss.3.weight=1"])
+    with pytest.raises(ConfigError, match="loss is a list; expected an index"):
+        apply_overrides(tree, ["loss.weight=1"])
