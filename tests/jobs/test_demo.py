@@ -65,10 +65,15 @@ def test_quick_demo_trains_and_verifies_held_out_identities(tmp_path):
     heldout = summary["heldout"]
     for key in ("accuracy", "accuracy_std", "auc", "eer", "threshold", "tar_at_far", "pairs"):
         assert key in heldout
-    assert heldout["pairs"] == 10 * 2 * 15 and heldout.get("skipped_pairs", 0) == 0
+    from jobs.cli.demo import load_demo_config
+
+    quick = load_demo_config(None, [], quick=True)  # the sizes `--quick` ran at
+    assert heldout["pairs"] == quick.pairs.folds * 2 * quick.pairs.pairs_per_fold
+    assert heldout.get("skipped_pairs", 0) == 0
     assert Path(summary["files"]["roc"]).is_file()
     assert Path(summary["files"]["pairs"]).is_file()
-    assert summary["splits"]["val"]["identities"] == 16
+    assert summary["splits"]["val"]["identities"] == quick.prep.val_identities
+    assert summary["dataset"]["identities"] == quick.synthetic.identities
 
     # Chance is 0.5 on these balanced pairs. Measured at this size (seeds 0, 1, 2): 0.963,
     # 0.947, 0.933 held out, raw pixels 0.683, 0.627, 0.650. 0.80 and +0.15 over raw pixels
