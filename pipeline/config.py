@@ -138,7 +138,7 @@ class CheckpointConfig(Section):
 class MlflowConfig(Section):
     enabled: bool = True
     tracking_uri: str | None = Field(
-        None, description="default: $MLFLOW_TRACKING_URI, else ./mlruns"
+        None, description="default: $MLFLOW_TRACKING_URI, else MLflow's own default (./mlflow.db)"
     )
     experiment: str = "facetrain"
     run_name: str | None = None

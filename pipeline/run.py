@@ -49,10 +49,9 @@ def run_rank(
     checkpoints.restore(trainer)
     hooks: list[Hook] = [checkpoints]
     if trainer.rank == 0:
-        hooks += [
-            ProgressHook(cfg.train.steps, enabled=progress),
-            MlflowHook(cfg, index.manifest, trainer.world_size),
-        ]
+        hooks.append(ProgressHook(cfg.train.steps, enabled=progress))
+        if cfg.mlflow.enabled:
+            hooks.append(MlflowHook(cfg, index.manifest, trainer.world_size))
     hooks += list(extra_hooks)
 
     # Offline triplet selection (a triplet term with selection: offline) replaces the loader.

@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"checkpoint: {summary.get('checkpoint')}")
     if summary.get("mlflow_run_id"):
         print(f"MLflow run: {summary['mlflow_run_id']}")
+    elif not cfg.mlflow.enabled:
+        print("MLflow run: none (mlflow.enabled is false)")
     else:
         print(
             f"MLflow run: none (tracking unreachable; records kept in {summary.get('tracking_records')})"

@@ -108,7 +108,11 @@ def scenarios(rank, world_size, shards, root):
         tracking_uri=f"sqlite:///{root}/mlflow.db",
         registered_model="tiny-face",
     )
+    disabled = make_config(
+        shards, root / "off", tracking_uri=f"sqlite:///{root}/off.db", enabled=False
+    )
     return {
+        "off": run_with_tracking(disabled),
         "nonfinite": nonfinite_scenario(make_config(shards, root / "nan")),
         "down": run_with_tracking(unreachable),
         "up": run_with_tracking(reachable),
@@ -192,3 +196,13 @@ def test_final_backbone_is_logged_registered_and_loadable(results):
     for uri in (f"runs:/{run_id}/model", "models:/tiny-face/1"):
         model = mlflow.pytorch.load_model(uri)
         torch.testing.assert_close(model.eval()(faces), expected)
+
+
+@pytest.mark.slow
+def test_tracking_disabled_trains_without_touching_mlflow(results):
+    root, out = results
+    summary, messages = out["off"]
+    assert summary["steps"] == 3
+    assert "mlflow_run_id" not in summary
+    assert not (root / "off.db").exists()
+    assert not (root / "off" / "ckpt" / "tracking").exists()
