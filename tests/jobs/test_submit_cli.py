@@ -71,6 +71,11 @@ def no_token_env(tmp_path, monkeypatch) -> Iterator[None]:
     for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "RAY_ADDRESS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    # A client process as users start it: an earlier in-process `ray.init` in this test session
+    # (prep tests) leaves Ray's C++ side in token mode, and its SDK would add its own token.
+    from ray._private.authentication import authentication_utils
+
+    monkeypatch.setattr(authentication_utils, "is_token_auth_enabled", lambda: False)
     yield
 
 
