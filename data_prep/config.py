@@ -24,6 +24,11 @@ class PrepConfig(BaseModel):
         "with path[, identity], x1..y5 or left, top, width, height",
     )
     align: Literal["arcface", "sphereface", "none"] = "arcface"
+    detect: bool = Field(
+        default=False,
+        description="find the main face of folder images without a landmark row (dlib HOG "
+        "detector, the `detect` extra); no face or several similar faces: rejected",
+    )
     min_images: int = Field(default=1, ge=1, description="drop identities with fewer images")
     max_images: int | None = Field(
         default=None, ge=1, description="cap per identity (deterministic subset, by content hash)"

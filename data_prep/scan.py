@@ -13,7 +13,8 @@ import pyarrow as pa
 
 from data_prep.align import alignment_matrix, get_template, transform_scale
 from data_prep.config import PrepConfig
-from data_prep.images import ImageError, open_image, read_file
+from data_prep.images import ImageError, decode_rgb, open_image, read_file
+from data_prep.landmarks import box_to_landmarks
 from data_prep.recordio import IndexedRecordFile, RecordIOError
 from data_prep.sources import Chunk, FolderChunk, RecChunk
 
@@ -21,6 +22,7 @@ REASON_NO_LANDMARKS = "no landmarks"
 REASON_OUTSIDE = "landmarks outside image"
 REASON_DEGENERATE = "degenerate landmarks"
 REASON_BAD_RECORD = "corrupt record"
+DETECT_MAX_SIDE = 1024  # detection needs no more pixels than this across
 
 SCAN_SCHEMA = pa.schema(
     [
@@ -72,6 +74,11 @@ def _row(
 
 def _scan_folder(chunk: FolderChunk, config: PrepConfig):
     root = Path(chunk.root)
+    detector = None
+    if config.detect and config.align != "none":
+        from data_prep.detect import require_detector
+
+        detector = require_detector()
     for entry in chunk.entries:
         try:
             data = read_file(root / entry.relpath)
@@ -83,22 +90,50 @@ def _scan_folder(chunk: FolderChunk, config: PrepConfig):
         if config.align == "none":
             yield _row(entry.identity, entry.relpath, data=data, size=size, face_size=min(size))
             continue
-        if entry.landmarks is None:
+        landmarks = entry.landmarks
+        if landmarks is None and detector is not None:
+            try:
+                landmarks, reason = detected_landmarks(image, entry.relpath, detector)
+            except ImageError as err:
+                landmarks, reason = None, err.reason
+            if reason is not None:
+                yield _row(entry.identity, entry.relpath, data=data, size=size, reason=reason)
+                continue
+        if landmarks is None:
             yield _row(
                 entry.identity, entry.relpath, data=data, size=size, reason=REASON_NO_LANDMARKS
             )
             continue
-        points = np.asarray(entry.landmarks, dtype=np.float64).reshape(5, 2)
+        points = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
         reason, face_size = landmark_problem(points, size, config.align)
         yield _row(
             entry.identity,
             entry.relpath,
             data=data,
             size=size,
-            landmarks=entry.landmarks,
+            landmarks=landmarks,
             face_size=face_size,
             reason=reason,
         )
+
+
+def detected_landmarks(image, name: str, detector) -> tuple[tuple[float, ...] | None, str | None]:
+    """(five points of the main face's box, None) or (None, reject reason), in source pixels.
+
+    The points are the template's placed in the face box, as for a manifest's box column.
+    """
+    from data_prep.detect import choose_main_face, crop_box, find_faces
+
+    width, height = image.size
+    # Large JPEGs are detected on a reduced decode (libjpeg scaling); boxes are scaled back.
+    shrink = min(1.0, DETECT_MAX_SIDE / max(width, height))
+    rgb = decode_rgb(image, name, draft_size=(width * shrink, height * shrink))
+    scale = width / rgb.width
+    face, reason = choose_main_face(find_faces(np.asarray(rgb), detector))
+    if face is None:
+        return None, reason
+    box = np.asarray(crop_box(face), dtype=np.float64) * scale
+    return tuple(box_to_landmarks(*box).ravel().tolist()), None
 
 
 def landmark_problem(

@@ -59,6 +59,8 @@ def open_source(config: PrepConfig) -> Source:
     path = Path(config.source)
     if not path.exists():
         raise PrepInputError(f"source {path}: does not exist")
+    if config.detect:
+        _check_detection(path, config)
     if path.is_file() and path.suffix == ".rec":
         return _open_rec(path)
     if not path.is_dir():
@@ -69,9 +71,9 @@ def open_source(config: PrepConfig) -> Source:
             landmarks = read_landmark_table(config.landmarks)
         except (FileNotFoundError, ValueError) as err:
             raise PrepInputError(str(err)) from err
-    elif config.align != "none":
+    elif config.align != "none" and not config.detect:
         raise PrepInputError(
-            f"source {path}: an image folder needs --landmarks FILE to align "
+            f"source {path}: an image folder needs --landmarks FILE (or --detect) to align "
             f"(--align {config.align}); use --align none for faces that are already aligned"
         )
     has_identity = any(
@@ -80,6 +82,21 @@ def open_source(config: PrepConfig) -> Source:
     if not has_identity and (landmarks is None or landmarks.table.num_rows == 0):
         raise PrepInputError(f"source {path}: is empty (expected ROOT/<identity>/<image> folders)")
     return Source("folder", path, landmarks=landmarks)
+
+
+def _check_detection(path: Path, config: PrepConfig) -> None:
+    """--detect is for unaligned image folders, and needs its extra installed (exit 2 else)."""
+    from data_prep.detect import require_detector
+
+    if path.suffix == ".rec":
+        raise PrepInputError(
+            f"source {path}: --detect is for image folders; .rec faces are aligned"
+        )
+    if config.align == "none":
+        raise PrepInputError(
+            "--detect needs an alignment template (arcface or sphereface), not none"
+        )
+    require_detector()
 
 
 def _open_rec(path: Path) -> Source:

@@ -33,6 +33,12 @@ def register(subparsers) -> None:
         help="template: arcface 112x112 (default), sphereface 96x112, none (pre-aligned)",
     )
     parser.add_argument(
+        "--detect",
+        action="store_true",
+        default=None,
+        help="find the main face of images without a landmark row (extra: facetrain[detect])",
+    )
+    parser.add_argument(
         "--min-images", type=int, metavar="N", help="drop identities with fewer images"
     )
     parser.add_argument(
@@ -72,6 +78,7 @@ _FLAG_KEYS = (
     "out",
     "landmarks",
     "align",
+    "detect",
     "min_images",
     "max_images",
     "shard_size",
