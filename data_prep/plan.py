@@ -64,12 +64,16 @@ def make_plan(scan: pa.Table, config: PrepConfig) -> Plan:
     """Columnar (pyarrow + numpy), so the driver plans millions of images without a Python
     object per image (1 M images: about 8 s)."""
     failed = scan.filter(pc.is_valid(scan.column("reason")))
-    usable = (
-        scan.filter(pc.is_null(scan.column("reason")))
-        .sort_by([("identity", "ascending"), ("source", "ascending")])
-        .select(["identity", "source", "offset", "sha1", "landmarks", "face_size"])
-        .combine_chunks()
+    # Driver memory: the usable rows, sorted by (identity, source), are planned from three
+    # narrow columns; sources and landmarks are taken from the scan once, for the kept rows.
+    usable_rows = pc.indices_nonzero(pc.is_null(scan.column("reason")))
+    order = pc.sort_indices(
+        scan.select(["identity", "source"]).take(usable_rows),
+        sort_keys=[("identity", "ascending"), ("source", "ascending")],
     )
+    scan_rows = pc.take(usable_rows, order).to_numpy()  # usable row -> scan row
+    del usable_rows, order
+    usable = scan.select(["identity", "sha1", "face_size"]).take(scan_rows).combine_chunks()
     encoded = pc.dictionary_encode(usable.column("identity")).combine_chunks()
     names = encoded.dictionary.to_pylist()  # sorted, as the rows are
     codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
@@ -78,7 +82,7 @@ def make_plan(scan: pa.Table, config: PrepConfig) -> Plan:
     keep = ~np.logical_or.reduce(list(dropped.values())) if dropped else np.ones(len(codes), bool)
     rejects = [failed.select(["source", "identity", "reason"])]
     for reason, mask in dropped.items():
-        chosen = usable.filter(pa.array(mask)).select(["source", "identity"])
+        chosen = scan.select(["source", "identity"]).take(scan_rows[mask])
         rejects.append(
             chosen.append_column("reason", pa.array([reason] * chosen.num_rows, pa.string()))
         )
@@ -89,7 +93,7 @@ def make_plan(scan: pa.Table, config: PrepConfig) -> Plan:
     classes = {split: [name for name in kept_names if split_of[name] == split] for split in SPLITS}
     layout = _layout(names, images_of, classes, config)
     return Plan(
-        samples=_samples(usable, codes, keep, layout),
+        samples=_samples(scan, scan_rows, codes, keep, layout),
         shards=layout.shards,
         rejects=pa.concat_tables([table.cast(REJECT_SCHEMA) for table in rejects]),
         classes=classes,
@@ -103,24 +107,7 @@ def _reject_masks(
     count = len(codes)
     rows = np.arange(count)
     sha1 = usable.column("sha1")
-    # The same bytes under several identities: every copy is a label conflict.
-    owners = (
-        pa.table({"sha1": sha1, "code": codes})
-        .group_by("sha1")
-        .aggregate([("code", "count_distinct")])
-    )
-    conflicting = owners.filter(pc.greater(owners.column("code_count_distinct"), 1)).column("sha1")
-    is_conflict = pc.is_in(sha1, value_set=conflicting.combine_chunks()).to_numpy(
-        zero_copy_only=False
-    )
-    # Within one identity, the first copy (by path) stays.
-    firsts = (
-        pa.table({"code": codes, "sha1": sha1, "row": rows})
-        .group_by(["code", "sha1"])
-        .aggregate([("row", "min")])
-    )
-    is_first = np.zeros(count, dtype=bool)
-    is_first[firsts.column("row_min").to_numpy()] = True
+    is_conflict, is_first = _same_bytes(sha1, codes)
     is_duplicate = ~is_conflict & ~is_first
     face_size = usable.column("face_size").to_numpy(zero_copy_only=False).astype(np.float64)
     is_small = (
@@ -145,6 +132,37 @@ def _reject_masks(
         REASON_FEW_IMAGES: is_few,
     }
     return {reason: mask for reason, mask in masks.items() if mask.any()}
+
+
+def _same_bytes(
+    sha1: pa.Array | pa.ChunkedArray, codes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(is_conflict, is_first) per row: the same bytes under several identities (every copy is
+    a label conflict), and the first row (in row order, i.e. by path) of each identity's copies.
+
+    One sort of fixed-width integer keys (hash words, identity code, row) instead of hash
+    tables over the digests: about a third of the driver memory at millions of rows.
+    """
+    count = len(codes)
+    is_conflict = np.zeros(count, dtype=bool)
+    is_first = np.zeros(count, dtype=bool)
+    if count == 0:
+        return is_conflict, is_first
+    low, middle, high = _hash_sort_keys(sha1, np.arange(count))
+    order = np.lexsort((codes, low, middle, high))  # stable: equal keys keep row order
+    low, middle, high = low[order], middle[order], high[order]
+    same_hash = np.r_[
+        False, (low[1:] == low[:-1]) & (middle[1:] == middle[:-1]) & (high[1:] == high[:-1])
+    ]
+    del low, middle, high
+    sorted_codes = codes[order]
+    same_code = np.r_[False, sorted_codes[1:] == sorted_codes[:-1]]
+    is_first[order[~(same_hash & same_code)]] = True
+    group = np.cumsum(~same_hash) - 1  # one group per distinct digest
+    group_conflicts = np.zeros(int(group[-1]) + 1, dtype=bool)
+    group_conflicts[group[same_hash & ~same_code]] = True
+    is_conflict[order] = group_conflicts[group]
+    return is_conflict, is_first
 
 
 @dataclass
@@ -186,26 +204,33 @@ def _layout(
     return layout
 
 
-def _samples(usable: pa.Table, codes: np.ndarray, keep: np.ndarray, layout: _Layout) -> pa.Table:
+def _samples(
+    scan: pa.Table, scan_rows: np.ndarray, codes: np.ndarray, keep: np.ndarray, layout: _Layout
+) -> pa.Table:
     """The kept rows in shard order; an identity's rows stay together, in path order."""
     kept_rows = np.flatnonzero(keep)
     kept_rows = kept_rows[np.argsort(layout.place[codes[kept_rows]], kind="stable")]
     row_codes = codes[kept_rows]
     position = _rank_in_group(row_codes)
-    split_names = np.array(SPLITS, dtype=object)[layout.split[row_codes]]
-    shard_names = np.array(layout.shard_names + [""], dtype=object)[layout.shard[row_codes]]
-    class_index = layout.cls[row_codes]
-    keys = [
-        f"{split}_{cls:06d}_{pos:04d}"
-        for split, cls, pos in zip(split_names, class_index, position, strict=True)
-    ]
-    taken = usable.take(pa.array(kept_rows, pa.int64()))
+    # Arrow string kernels, not a Python string per sample (driver memory at millions).
+    split_names = _decode(layout.split[row_codes], list(SPLITS))
+    shard_names = _decode(layout.shard[row_codes], layout.shard_names)
+    class_index = pa.array(layout.cls[row_codes], pa.int64())
+    keys = pc.binary_join_element_wise(
+        split_names,
+        pc.utf8_lpad(pc.cast(class_index, pa.string()), 6, "0"),
+        pc.utf8_lpad(pc.cast(pa.array(position, pa.int64()), pa.string()), 4, "0"),
+        "_",
+    )
+    taken = scan.select(["identity", "source", "offset", "sha1", "landmarks"]).take(
+        pa.array(scan_rows[kept_rows], pa.int64())
+    )
     return pa.table(
         {
-            "key": pa.array(keys, pa.string()),
-            "split": pa.array(split_names, pa.string()),
-            "shard": pa.array(shard_names, pa.string()),
-            "class": pa.array(class_index, pa.int64()),
+            "key": keys,
+            "split": split_names,
+            "shard": shard_names,
+            "class": class_index,
             "identity": taken.column("identity"),
             "source": taken.column("source"),
             "offset": taken.column("offset"),
@@ -213,6 +238,14 @@ def _samples(usable: pa.Table, codes: np.ndarray, keep: np.ndarray, layout: _Lay
             "landmarks": taken.column("landmarks"),
         },
         schema=PLAN_SCHEMA,
+    )
+
+
+def _decode(codes: np.ndarray, names: list[str]) -> pa.Array:
+    """names[code] per row as a plain string array (code -1: the empty string)."""
+    indices = np.where(codes < 0, len(names), codes).astype(np.int32)
+    return pa.DictionaryArray.from_arrays(indices, pa.array([*names, ""], pa.string())).cast(
+        pa.string()
     )
 
 

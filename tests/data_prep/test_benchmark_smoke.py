@@ -16,3 +16,10 @@ def test_prep_throughput_quick_run_reports_a_table(monkeypatch):
     report = module.main(["--quick", "--workers", "2"])  # starts and stops its own local Ray
     assert "| method | images | median s | best s |" in report
     assert "Ray tasks: write_shard per shard" in report
+
+
+def test_plan_memory_quick_run_reports_a_table(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARK.parent))
+    module = importlib.import_module("prep_plan_memory")
+    report = module.main(["--quick"])
+    assert "| images | scan table (MiB) |" in report and "| 20,000 |" in report

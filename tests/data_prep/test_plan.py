@@ -131,3 +131,41 @@ def test_named_hold_out_and_impossible_hold_out():
         make_plan(scan, _config(val_identities=["zed"]))
     with pytest.raises(PrepInputError, match="none would be left"):
         make_plan(scan, _config(val_identities=3))
+
+
+def test_dedupe_on_many_collisions_matches_a_plain_python_reference():
+    import random
+
+    rng = random.Random(3)
+    rows = []
+    for n in range(600):
+        identity = rng.randrange(12)
+        # Mostly an identity's own images (duplicates), sometimes a shared one (conflicts).
+        content = (
+            f"shared{rng.randrange(20)}"
+            if rng.random() < 0.1
+            else f"{identity}/{rng.randrange(40)}"
+        )
+        rows.append((f"id{identity}", f"p{n:04d}.jpg", content, 10.0))
+    plan = make_plan(_scan(rows), PrepConfig(source="/s", out="/o"))
+    owners: dict[str, set[str]] = {}
+    for identity, _, content, _ in rows:
+        owners.setdefault(content, set()).add(identity)
+    expected, seen = {}, set()
+    for identity, source, content, _ in sorted(rows):
+        if len(owners[content]) > 1:
+            expected[source] = REASON_CONFLICT
+        elif (identity, content) in seen:
+            expected[source] = REASON_DUPLICATE
+        seen.add((identity, content))
+    rejected = dict(
+        zip(
+            plan.rejects.column("source").to_pylist(),
+            plan.rejects.column("reason").to_pylist(),
+            strict=True,
+        )
+    )
+    assert rejected == expected
+    reasons = set(expected.values())
+    assert reasons == {REASON_CONFLICT, REASON_DUPLICATE}  # the data exercises both
+    assert set(plan.samples.column("source").to_pylist()) == {r[1] for r in rows} - set(expected)
