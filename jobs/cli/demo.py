@@ -7,7 +7,8 @@ from pathlib import Path
 
 from jobs.cli.common import UsageError, add_config_options
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+# Shipped inside the package, so an installed (non-editable) facetrain has its demo too.
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "demo" / "demo.yaml"
 
 
 def register(subparsers) -> None:

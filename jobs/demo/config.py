@@ -1,4 +1,4 @@
-"""The typed config of `facetrain demo` (configs/demo.yaml holds the same values).
+"""The typed config of `facetrain demo` (jobs/demo/demo.yaml holds the same values).
 
 Four stages, one section each: the synthetic dataset, `prep`, the held-out pairs, and
 `train` (a `pipeline.config.TrainConfig` tree whose paths the demo fills in: shards,
