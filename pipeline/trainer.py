@@ -221,7 +221,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoint state
     def _sharded_names(self) -> dict[str, tuple[str, ...]]:
         return {
-            name: tuple(loss._class_tensor_names)
+            name: tuple(loss.class_tensor_names)
             for name, loss in self.objective.sharded_terms().items()
         }
 
@@ -322,7 +322,7 @@ class Trainer:
                 loss.load_class_rows(
                     {
                         name: rows[f"{term}.{name}"].to(self.device)
-                        for name in loss._class_tensor_names
+                        for name in loss.class_tensor_names
                         if f"{term}.{name}" in rows
                     }
                 )
