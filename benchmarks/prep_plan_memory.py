@@ -1,12 +1,15 @@
-"""Peak driver memory of prep planning (dedupe, filters, labels, shard plan) vs dataset size.
+"""Peak driver memory of prep planning (dedupe, conflicts, filters, labels, shard plan) vs
+dataset size.
 
-Each measurement runs in a fresh process on a synthetic scan table (no images: the planner
-only sees scan rows): 20 images per identity, 1 % duplicates within an identity, 0.1 % images
-repeated under another identity, 0.5 % scan rejects. Reported: the process's peak RSS
-RSS after building the scan table (the baseline; Linux /proc) and the peak RSS (`ru_maxrss`)
-after planning; their difference is what planning adds.
+Each size runs in a fresh process. It writes synthetic processed chunks (the planner's columns
+only; no images: planning never sees pixels) to local files one chunk at a time, exactly as
+run_prep's driver keeps them, then plans them with `data_prep.plan.make_plan` and builds every
+shard's row list (what the driver sends to the shard tasks). 20 images per identity, 1 %
+duplicates within an identity, 0.1 % images repeated under another identity, 0.5 % scan
+rejects, `max_images=18`. Reported: the process's resident memory once the chunks are written
+(the baseline: interpreter, numpy, pyarrow), and its peak (`ru_maxrss`) after planning.
 
-    python benchmarks/prep_plan_memory.py [--sizes 100000 1000000] [--quick]
+    python benchmarks/prep_plan_memory.py [--sizes 100000 1000000 4000000] [--quick]
 """
 
 from __future__ import annotations
@@ -15,81 +18,98 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
+
+CHUNK_ROWS = 5000
+PER_IDENTITY = 20
 
 
-def _scan_table(images: int, seed: int = 0):
+def _chunk(index: int, images: int, rng):
+    """Rows [index * CHUNK_ROWS, ...) of the synthetic dataset, as the process tasks emit them."""
     import numpy as np
     import pyarrow as pa
 
-    from data_prep.scan import SCAN_SCHEMA
+    from data_prep.plan import PLAN_INPUT_SCHEMA
 
-    rng = np.random.default_rng(seed)
-    per_identity = 20
-    identity_index = np.arange(images) // per_identity
-    identities = pa.array([f"id_{i:07d}" for i in identity_index], pa.string())
-    sources = pa.array(
-        [f"id_{i:07d}/{n % per_identity:04d}.jpg" for n, i in enumerate(identity_index)],
-        pa.string(),
+    first = index * CHUNK_ROWS
+    rows = np.arange(first, min(images, first + CHUNK_ROWS))
+    identity_index = rows // PER_IDENTITY
+    digests = rng.integers(0, 256, size=(len(rows), 20), dtype=np.uint8)
+    # A duplicate: the next image of the same identity repeats this one's bytes.
+    duplicate = np.flatnonzero(rng.random(len(rows) - 1) < 0.01)
+    duplicate = duplicate[identity_index[duplicate] == identity_index[duplicate + 1]]
+    digests[duplicate + 1] = digests[duplicate]
+    # A label conflict: the same bytes as an image of another identity (global hash, by row).
+    conflict = rng.random(len(rows)) < 0.001
+    shared = np.frombuffer(
+        np.repeat(rows[conflict] // 997, 20).astype(np.uint8).tobytes(), np.uint8
     )
-    digests = rng.integers(0, 256, size=(images, 20), dtype=np.uint8)
-    within = rng.choice(images - 1, size=images // 100, replace=False)
-    within = within[identity_index[within] == identity_index[within + 1]]
-    digests[within + 1] = digests[within]  # the next image of the same identity: a duplicate
-    across = rng.choice(images - per_identity, size=images // 1000, replace=False)
-    digests[across + per_identity] = digests[across]  # the next identity: a label conflict
-    sha1 = pa.FixedSizeBinaryArray.from_buffers(
-        pa.binary(20), images, [None, pa.py_buffer(digests.tobytes())]
-    )
-    points = pa.FixedSizeListArray.from_arrays(pa.array(rng.uniform(30, 120, images * 10)), 10)
-    reason = np.where(rng.random(images) < 0.005, "truncated or corrupt image", None)
+    digests[conflict] = shared.reshape(-1, 20) ^ 0x5A
+    reason = np.where(rng.random(len(rows)) < 0.005, "truncated or corrupt image", None)
     return pa.table(
         {
-            "identity": identities,
-            "source": sources,
-            "offset": pa.nulls(images, pa.int64()),
-            "sha1": sha1,
-            "bytes": pa.array(rng.integers(5_000, 50_000, images), pa.int64()),
-            "width": pa.array(np.full(images, 250, np.int32)),
-            "height": pa.array(np.full(images, 250, np.int32)),
-            "landmarks": points,
-            "face_size": pa.array(rng.uniform(60, 200, images)),
+            "identity": pa.array([f"id_{i:07d}" for i in identity_index], pa.string()),
+            "source": pa.array(
+                [
+                    f"id_{i:07d}/{r % PER_IDENTITY:04d}.jpg"
+                    for r, i in zip(rows, identity_index, strict=True)
+                ],
+                pa.string(),
+            ),
+            "sha1": pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(20), len(rows), [None, pa.py_buffer(digests.tobytes())]
+            ),
+            "face_size": pa.array(rng.uniform(60, 200, len(rows))),
             "reason": pa.array(reason, pa.string()),
+            "error": pa.nulls(len(rows), pa.string()),
         },
-        schema=SCAN_SCHEMA,
+        schema=PLAN_INPUT_SCHEMA,
     )
 
 
 def _measure(images: int) -> dict:
-    """Runs in a child: build the scan table, plan it, report peak RSS at both points."""
+    """Runs in a child: write the chunks, plan them, report memory at both points."""
     import gc
     import resource
 
-    from data_prep.config import PrepConfig
-    from data_prep.plan import make_plan
+    import numpy as np
 
-    scan = _scan_table(images)
-    gc.collect()
-    with open("/proc/self/statm") as statm:  # resident pages now (Linux)
-        built = int(statm.read().split()[1]) * resource.getpagesize() / 2**20
-    started = time.perf_counter()
-    plan = make_plan(scan, PrepConfig(source="/synthetic", out="/unused", max_images=18))
-    seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from data_prep.config import PrepConfig
+    from data_prep.plan import ChunkFiles, make_plan
+
+    with tempfile.TemporaryDirectory(prefix="plan-memory-") as scratch:
+        chunks = ChunkFiles(Path(scratch) / "chunks")
+        rng = np.random.default_rng(0)
+        for index in range(-(-images // CHUNK_ROWS)):
+            chunks.add(index, _chunk(index, images, rng))
+        gc.collect()
+        with open("/proc/self/statm") as statm:  # resident pages now (Linux)
+            baseline = int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+        started = time.perf_counter()
+        config = PrepConfig(source="/synthetic", out="/unused", max_images=18, shard_size=5000)
+        plan = make_plan(chunks, config, Path(scratch) / "plan")
+        planned = sum(plan.shard_rows(spec).num_rows for spec in plan.shards)
+        seconds = time.perf_counter() - started
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "images": images,
-        "table_mib": scan.nbytes / 2**20,
-        "built_mib": built,
+        "identities": len(plan.names),
+        "baseline_mib": baseline,
         "peak_mib": peak,
         "seconds": seconds,
-        "samples": plan.samples.num_rows,
-        "rejects": plan.rejects.num_rows,
+        "samples": planned,
+        "rejects": sum(plan.rejected_by_reason.values()),
+        "conflicts": plan.rejected_by_reason.get(
+            "label conflict (same image under several identities)", 0
+        ),
     }
 
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000, 4_000_000])
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     args = parser.parse_args(argv)
     sizes = [2_000, 20_000] if args.quick else args.sizes
@@ -103,21 +123,34 @@ def main(argv: list[str] | None = None) -> str:
         )
         results.append(json.loads(child.stdout.strip().splitlines()[-1]))
     base = results[0]
+    base_increment = max(base["peak_mib"] - base["baseline_mib"], 1e-9)
     lines = [
         "## Prep planning: peak driver memory",
         "",
-        "| images | scan table (MiB) | RSS after building it (MiB) | peak RSS planning (MiB) "
-        "| planning increment (MiB) | increment vs smallest | plan (s) |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"Synthetic processed chunks of {CHUNK_ROWS:,} rows on local disk, {PER_IDENTITY} images "
+        "per identity; each size in a fresh process. The planner streams the chunks (twice) and "
+        "sorts hashes one on-disk bucket at a time, so what it holds grows with identities and "
+        "label conflicts, not images.",
+        "",
+        "| images | identities | RSS before planning (MiB) | peak RSS planning (MiB) "
+        "| planning increment (MiB) | increment vs smallest | bytes per image | plan + shard lists (s) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in results:
-        increment = row["peak_mib"] - row["built_mib"]
-        base_increment = max(base["peak_mib"] - base["built_mib"], 1e-9)
+        increment = row["peak_mib"] - row["baseline_mib"]
         lines.append(
-            f"| {row['images']:,} | {row['table_mib']:.0f} | {row['built_mib']:.0f} "
+            f"| {row['images']:,} | {row['identities']:,} | {row['baseline_mib']:.0f} "
             f"| {row['peak_mib']:.0f} | {increment:.0f} | {increment / base_increment:.1f}x "
-            f"| {row['seconds']:.1f} |"
+            f"| {increment * 2**20 / row['images']:.0f} | {row['seconds']:.1f} |"
         )
+    lines += [
+        "",
+        "Planned samples / rejects (label conflicts): "
+        + "; ".join(
+            f"{row['images']:,}: {row['samples']:,} / {row['rejects']:,} ({row['conflicts']:,})"
+            for row in results
+        ),
+    ]
     return "\n".join(lines)
 
 

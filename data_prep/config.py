@@ -52,7 +52,12 @@ class PrepConfig(BaseModel):
     max_image_pixels: int = Field(
         default=64_000_000, ge=1, description="larger images are rejected as decompression bombs"
     )
-    images_per_scan_task: int = Field(default=2000, ge=1)
+    images_per_scan_task: int = Field(
+        default=500,
+        ge=1,
+        description="images per process task (whole identities; small enough that the last "
+        "tasks do not leave CPUs idle)",
+    )
     executor: Literal["ray", "inline"] = Field(
         default="ray", description="inline = one process, no Ray (small jobs and unit tests)"
     )

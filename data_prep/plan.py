@@ -1,272 +1,367 @@
-"""The planner: scanned rows -> what goes where. Pure and deterministic (a rerun after a crash
-must produce the same shards): dedupe, filters, hold-out identities, labels, shard packing.
+"""The planner: processed chunks -> what goes where, in memory that does not grow with images.
+
+Pure and deterministic (a rerun after a crash must produce the same shards). The chunks are
+read as a stream, twice, and never held together:
+
+1. per identity: duplicates, small faces, the cap (`filters.identity_rejects`); every usable
+   row's hash goes to an on-disk hash bucket;
+2. per hash bucket: label conflicts (`filters.conflicting_rows`);
+3. per identity, in memory: final counts, min_images, hold-out, classes, shard packing;
+4. the chunks again: each row's final verdict; kept row ids go to an on-disk array in
+   identity order, rejects to a Parquet file.
+
+The driver holds a few numbers per identity (names, counts, class, shard), the row ids of
+label conflicts, and one chunk at a time. Each identity's usable rows must be contiguous in
+the chunk stream (image folders are listed by identity; insightface .rec files are written
+by label); a stream that breaks this is refused.
 """
 
 from __future__ import annotations
 
 import random
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
 
 from data_prep.config import PrepConfig
 from data_prep.errors import PrepInputError
-
-REASON_DUPLICATE = "duplicate within identity"
-REASON_CONFLICT = "label conflict (same image under several identities)"
-REASON_SMALL_FACE = "face smaller than min_face_size"
-REASON_OVER_CAP = "over max_images for identity"
-REASON_FEW_IMAGES = "identity below min_images"
+from data_prep.filters import (
+    IDENTITY_REASONS,
+    KEEP,
+    REASON_CONFLICT,
+    REASON_FEW_IMAGES,
+    conflicting_rows,
+    hash_words,
+    identity_rejects,
+)
 
 SPLITS = ("train", "val")
+ROWS_PER_BUCKET = 1 << 18  # conflict detection sorts one bucket at a time (about 25 MiB)
+ROW_BITS = 32  # row id = chunk index << 32 | row in chunk
 
-PLAN_SCHEMA = pa.schema(
+# What the planner reads of each processed chunk (process.py writes it, in row order).
+PLAN_INPUT_SCHEMA = pa.schema(
     [
-        ("key", pa.string()),
-        ("split", pa.string()),
-        ("shard", pa.string()),
-        ("class", pa.int64()),
         ("identity", pa.string()),
         ("source", pa.string()),
-        ("offset", pa.int64()),
         ("sha1", pa.binary(20)),
-        ("landmarks", pa.list_(pa.float64(), 10)),
+        ("face_size", pa.float64()),
+        ("reason", pa.string()),  # scan-stage reject (null: usable)
+        ("error", pa.string()),  # decode/align/encode failure of a face chosen to be kept
     ]
 )
 REJECT_SCHEMA = pa.schema(
     [("source", pa.string()), ("identity", pa.string()), ("reason", pa.string())]
 )
+SHARD_ROWS_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("split", pa.string()),
+        ("class", pa.int64()),
+        ("identity", pa.string()),
+        ("row_id", pa.int64()),
+    ]
+)
+_BUCKET_ROW = np.dtype(
+    [("low", "<u4"), ("middle", "<u8"), ("high", "<u8"), ("code", "<i8"), ("row_id", "<i8"),
+     ("counted", "?")]
+)  # fmt: skip
+
+
+class ChunkTables(Protocol):
+    """The processed chunks, in order: `read(i)` gives chunk i's PLAN_INPUT_SCHEMA rows."""
+
+    total_rows: int
+
+    def __len__(self) -> int: ...
+
+    def read(self, index: int) -> pa.Table: ...
+
+
+class ChunkFiles:
+    """ChunkTables kept as Arrow IPC files in a local folder (memory-mapped when read)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True)
+        self.count = 0
+        self.total_rows = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def path(self, index: int) -> Path:
+        return self.folder / f"{index:06d}.arrow"
+
+    def add(self, index: int, table: pa.Table) -> None:
+        with ipc.new_file(self.path(index), table.schema) as writer:
+            writer.write_table(table)
+        self.count = max(self.count, index + 1)
+        self.total_rows += table.num_rows
+
+    def read(self, index: int) -> pa.Table:
+        return ipc.open_file(pa.memory_map(str(self.path(index)))).read_all()
 
 
 @dataclass(frozen=True)
 class ShardSpec:
     name: str  # train-000000
     split: str
-    start: int  # row range in Plan.samples
-    stop: int
-    identities: int
+    samples: int
+    codes: tuple[int, ...]  # identity codes, in the order their images are written
 
 
 @dataclass
 class Plan:
-    samples: pa.Table  # PLAN_SCHEMA, in shard order, each identity contiguous
+    workdir: Path  # kept row ids and rejects live here
+    names: list[str]  # identity code -> name (codes follow name order)
+    counts: np.ndarray  # identity code -> images kept
+    split_of: np.ndarray  # identity code -> index in SPLITS, -1: not kept
+    class_of: np.ndarray  # identity code -> class index in its split, -1: not kept
+    offsets: np.ndarray  # identity code -> first of its kept row ids in kept_file
     shards: list[ShardSpec]
-    rejects: pa.Table  # REJECT_SCHEMA
     classes: dict[str, list[str]] = field(default_factory=dict)  # split -> identity per class
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def kept_file(self) -> Path:
+        return self.workdir / "kept-rows.int64"
+
+    @property
+    def rejects_file(self) -> Path:
+        return self.workdir / "rejects.parquet"
+
+    @property
+    def accepted(self) -> int:
+        return int(self.offsets[-1])
 
     def shard_rows(self, spec: ShardSpec) -> pa.Table:
-        return self.samples.slice(spec.start, spec.stop - spec.start)
-
-
-def make_plan(scan: pa.Table, config: PrepConfig) -> Plan:
-    """Columnar (pyarrow + numpy), so the driver plans millions of images without a Python
-    object per image (1 M images: about 8 s)."""
-    failed = scan.filter(pc.is_valid(scan.column("reason")))
-    # Driver memory: the usable rows, sorted by (identity, source), are planned from three
-    # narrow columns; sources and landmarks are taken from the scan once, for the kept rows.
-    usable_rows = pc.indices_nonzero(pc.is_null(scan.column("reason")))
-    order = pc.sort_indices(
-        scan.select(["identity", "source"]).take(usable_rows),
-        sort_keys=[("identity", "ascending"), ("source", "ascending")],
-    )
-    scan_rows = pc.take(usable_rows, order).to_numpy()  # usable row -> scan row
-    del usable_rows, order
-    usable = scan.select(["identity", "sha1", "face_size"]).take(scan_rows).combine_chunks()
-    encoded = pc.dictionary_encode(usable.column("identity")).combine_chunks()
-    names = encoded.dictionary.to_pylist()  # sorted, as the rows are
-    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-
-    dropped = _reject_masks(usable, codes, len(names), config)
-    keep = ~np.logical_or.reduce(list(dropped.values())) if dropped else np.ones(len(codes), bool)
-    rejects = [failed.select(["source", "identity", "reason"])]
-    for reason, mask in dropped.items():
-        chosen = scan.select(["source", "identity"]).take(scan_rows[mask])
-        rejects.append(
-            chosen.append_column("reason", pa.array([reason] * chosen.num_rows, pa.string()))
+        """The shard's samples in write order: each identity contiguous, in path order."""
+        keys, classes, names, row_ids = [], [], [], []
+        for code in spec.codes:
+            start, stop = int(self.offsets[code]), int(self.offsets[code + 1])
+            ids = np.fromfile(self.kept_file, dtype=np.int64, count=stop - start, offset=8 * start)
+            class_index = int(self.class_of[code])
+            keys += [f"{spec.split}_{class_index:06d}_{n:04d}" for n in range(stop - start)]
+            classes += [class_index] * (stop - start)
+            names += [self.names[code]] * (stop - start)
+            row_ids.append(ids)
+        return pa.table(
+            {
+                "key": keys,
+                "split": [spec.split] * len(keys),
+                "class": classes,
+                "identity": names,
+                "row_id": np.concatenate(row_ids) if row_ids else np.zeros(0, np.int64),
+            },
+            schema=SHARD_ROWS_SCHEMA,
         )
 
-    images_of = np.bincount(codes[keep], minlength=len(names))
-    kept_names = [names[code] for code in np.flatnonzero(images_of > 0)]
-    split_of = _assign_splits(kept_names, config)
-    classes = {split: [name for name in kept_names if split_of[name] == split] for split in SPLITS}
-    layout = _layout(names, images_of, classes, config)
+    def rejects(self) -> pa.Table:
+        return pq.read_table(self.rejects_file)
+
+    def identities_table(self) -> pa.Table:
+        """identities.parquet: (split, class, identity, count) for every class of every split."""
+        rows = [
+            {"split": split, "class": index, "identity": name, "count": count}
+            for split in SPLITS
+            for index, (name, count) in enumerate(self.class_counts(split))
+        ]
+        schema = pa.schema(
+            [("split", pa.string()), ("class", pa.int64()), ("identity", pa.string()),
+             ("count", pa.int64())]
+        )  # fmt: skip
+        return pa.Table.from_pylist(rows, schema=schema)
+
+    def class_counts(self, split: str) -> Iterator[tuple[str, int]]:
+        """(identity, images) of each class of `split`, in class order."""
+        codes = np.flatnonzero(self.split_of == SPLITS.index(split))
+        codes = codes[np.argsort(self.class_of[codes])]
+        return ((self.names[code], int(self.counts[code])) for code in codes)
+
+
+def make_plan(
+    chunks: ChunkTables, config: PrepConfig, workdir: Path, extra_rejects: pa.Table | None = None
+) -> Plan:
+    """Plan the chunks into shards; `extra_rejects` (REJECT_SCHEMA) joins rejects.parquet."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    num_buckets = 1 << max(0, int(np.ceil(np.log2(max(chunks.total_rows, 1) / ROWS_PER_BUCKET))))
+    buckets = [workdir / f"hash-bucket-{index:05d}.bin" for index in range(num_buckets)]
+    for path in buckets:
+        path.write_bytes(b"")
+
+    # Pass 1: identity-level filters, names and counts; hashes into buckets.
+    names: list[str] = []
+    counted_per_identity: list[np.ndarray] = []
+    for batch in _identity_batches(chunks):
+        codes, local_names = _codes(batch, base=len(names))
+        names += local_names
+        verdict, counted = _identity_verdict(batch, codes, config)
+        counted_per_identity.append(
+            np.bincount(codes[counted] - codes[0], minlength=len(local_names))
+        )
+        _append_to_buckets(buckets, batch, codes, counted)
+    counts = np.concatenate(counted_per_identity) if counted_per_identity else np.zeros(0, np.int64)
+    counts = counts.astype(np.int64)
+
+    # Pass 2: label conflicts, one hash bucket at a time.
+    conflicted: list[np.ndarray] = []
+    for path in buckets:
+        rows = np.fromfile(path, dtype=_BUCKET_ROW)
+        path.unlink()
+        is_conflict = conflicting_rows((rows["low"], rows["middle"], rows["high"]), rows["code"])
+        conflicted.append(np.sort(rows["row_id"][is_conflict]))
+        np.subtract.at(counts, rows["code"][is_conflict & rows["counted"]], 1)
+    conflicted_ids = np.sort(np.concatenate(conflicted)) if conflicted else np.zeros(0, np.int64)
+
+    # Identity level: who stays, which split, which class, which shard.
+    is_kept = counts >= max(1, config.min_images)
+    kept_names = [names[code] for code in np.flatnonzero(is_kept)]
+    split_of_name = _assign_splits(kept_names, config)
+    split_of = np.full(len(names), -1, dtype=np.int64)
+    class_of = np.full(len(names), -1, dtype=np.int64)
+    classes: dict[str, list[str]] = {split: [] for split in SPLITS}
+    for code in np.flatnonzero(is_kept):
+        split = split_of_name[names[code]]
+        split_of[code] = SPLITS.index(split)
+        class_of[code] = len(classes[split])
+        classes[split].append(names[code])
+    final_counts = np.where(is_kept, counts, 0)
+    offsets = np.r_[0, np.cumsum(final_counts)].astype(np.int64)
+
+    # Pass 3: every row's verdict; kept row ids in identity order, rejects to Parquet.
+    reasons: Counter[str] = Counter()
+    kept_file = workdir / "kept-rows.int64"
+    with (
+        open(kept_file, "wb") as kept_out,
+        pq.ParquetWriter(workdir / "rejects.parquet", REJECT_SCHEMA) as rejects_out,
+    ):
+
+        def reject(table: pa.Table) -> None:
+            if table.num_rows:
+                table = table.cast(REJECT_SCHEMA)
+                reasons.update(table.column("reason").to_pylist())
+                rejects_out.write_table(table)
+
+        if extra_rejects is not None:
+            reject(extra_rejects)
+        base = 0
+        for batch in _identity_batches(chunks, on_failed=reject):
+            codes, local_names = _codes(batch, base)
+            base += len(local_names)
+            verdict, _ = _identity_verdict(batch, codes, config)
+            row_ids = batch.column("row_id").to_numpy()
+            reason = np.array([None] * batch.num_rows, dtype=object)
+            for value, text in IDENTITY_REASONS.items():
+                reason[verdict == value] = text
+            error = batch.column("error").to_numpy(zero_copy_only=False)
+            chosen = (verdict == KEEP) & (reason == None)  # noqa: E711 (elementwise)
+            reason[chosen & (error != None)] = error[chosen & (error != None)]  # noqa: E711
+            reason[(reason == None) & ~is_kept[codes]] = REASON_FEW_IMAGES  # noqa: E711
+            reason[np.isin(row_ids, conflicted_ids)] = REASON_CONFLICT
+            keep = reason == None  # noqa: E711
+            row_ids[keep].astype(np.int64).tofile(kept_out)
+            rejected = np.flatnonzero(~keep)
+            reject(
+                pa.table(
+                    {
+                        "source": batch.column("source").take(rejected),
+                        "identity": batch.column("identity").take(rejected),
+                        "reason": pa.array(reason[rejected].tolist(), pa.string()),
+                    }
+                )
+            )
+    if kept_file.stat().st_size != 8 * int(offsets[-1]):
+        raise AssertionError("planner: the two passes over the chunks disagree")
     return Plan(
-        samples=_samples(scan, scan_rows, codes, keep, layout),
-        shards=layout.shards,
-        rejects=pa.concat_tables([table.cast(REJECT_SCHEMA) for table in rejects]),
+        workdir=workdir,
+        names=names,
+        counts=final_counts,
+        split_of=split_of,
+        class_of=class_of,
+        offsets=offsets,
+        shards=_pack_shards(names, final_counts, classes, config),
         classes=classes,
+        rejected_by_reason=dict(sorted(reasons.items())),
     )
 
 
-def _reject_masks(
-    usable: pa.Table, codes: np.ndarray, identities: int, config: PrepConfig
-) -> dict[str, np.ndarray]:
-    """reason -> rows it removes, applied in this order (each row gets one reason)."""
-    count = len(codes)
-    rows = np.arange(count)
-    sha1 = usable.column("sha1")
-    is_conflict, is_first = _same_bytes(sha1, codes)
-    is_duplicate = ~is_conflict & ~is_first
-    face_size = usable.column("face_size").to_numpy(zero_copy_only=False).astype(np.float64)
-    is_small = (
-        ~is_conflict & ~is_duplicate & (np.nan_to_num(face_size, nan=np.inf) < config.min_face_size)
-    )
-    keep = ~(is_conflict | is_duplicate | is_small)
+def _identity_batches(chunks: ChunkTables, on_failed=None) -> Iterator[pa.Table]:
+    """Usable rows of the chunk stream with a `row_id`, cut so no identity spans two batches.
 
-    is_over_cap = np.zeros(count, dtype=bool)
-    if config.max_images is not None:
-        # Keep the images with the smallest content hashes: deterministic, blind to file names.
-        candidates = rows[keep]
-        order = candidates[np.lexsort((*_hash_sort_keys(sha1, candidates), codes[candidates]))]
-        is_over_cap[order[_rank_in_group(codes[order]) >= config.max_images]] = True
-    keep &= ~is_over_cap
-    images_of = np.bincount(codes[keep], minlength=identities)
-    is_few = keep & (images_of[codes] < config.min_images)
-    masks = {
-        REASON_CONFLICT: is_conflict,
-        REASON_DUPLICATE: is_duplicate,
-        REASON_SMALL_FACE: is_small,
-        REASON_OVER_CAP: is_over_cap,
-        REASON_FEW_IMAGES: is_few,
-    }
-    return {reason: mask for reason, mask in masks.items() if mask.any()}
-
-
-def _same_bytes(
-    sha1: pa.Array | pa.ChunkedArray, codes: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(is_conflict, is_first) per row: the same bytes under several identities (every copy is
-    a label conflict), and the first row (in row order, i.e. by path) of each identity's copies.
-
-    One sort of fixed-width integer keys (hash words, identity code, row) instead of hash
-    tables over the digests: about a third of the driver memory at millions of rows.
+    `on_failed(table)` receives each chunk's scan-stage rejects (source, identity, reason).
     """
-    count = len(codes)
-    is_conflict = np.zeros(count, dtype=bool)
-    is_first = np.zeros(count, dtype=bool)
-    if count == 0:
-        return is_conflict, is_first
-    low, middle, high = _hash_sort_keys(sha1, np.arange(count))
-    order = np.lexsort((codes, low, middle, high))  # stable: equal keys keep row order
-    low, middle, high = low[order], middle[order], high[order]
-    same_hash = np.r_[
-        False, (low[1:] == low[:-1]) & (middle[1:] == middle[:-1]) & (high[1:] == high[:-1])
-    ]
-    del low, middle, high
-    sorted_codes = codes[order]
-    same_code = np.r_[False, sorted_codes[1:] == sorted_codes[:-1]]
-    is_first[order[~(same_hash & same_code)]] = True
-    group = np.cumsum(~same_hash) - 1  # one group per distinct digest
-    group_conflicts = np.zeros(int(group[-1]) + 1, dtype=bool)
-    group_conflicts[group[same_hash & ~same_code]] = True
-    is_conflict[order] = group_conflicts[group]
-    return is_conflict, is_first
+    carry: pa.Table | None = None
+    for index in range(len(chunks)):
+        table = chunks.read(index)
+        if on_failed is not None:
+            failed = table.filter(pc.is_valid(table.column("reason")))
+            on_failed(failed.select(REJECT_SCHEMA.names))
+        row_ids = (np.int64(index) << ROW_BITS) + np.arange(table.num_rows, dtype=np.int64)
+        table = table.append_column("row_id", pa.array(row_ids))
+        usable = table.filter(pc.is_null(table.column("reason")))
+        if usable.num_rows == 0:
+            continue
+        if carry is not None:
+            usable = pa.concat_tables([carry, usable])
+        identity = usable.column("identity")
+        if (
+            usable.num_rows > 1
+            and pc.any(pc.less(identity.slice(1), identity.slice(0, usable.num_rows - 1))).as_py()
+        ):
+            raise PrepInputError(
+                f"chunk {index}: identities are not grouped (an identity's images must be "
+                "contiguous: a .rec file must be written in label order, as insightface does)"
+            )
+        last = identity[-1]
+        cut = pc.index(identity, last).as_py()  # the last identity may go on in the next chunk
+        if cut > 0:
+            yield usable.slice(0, cut)
+        carry = usable.slice(cut)
+    if carry is not None and carry.num_rows:
+        yield carry
 
 
-@dataclass
-class _Layout:
-    """Per identity code: split index, class index, place in the shard order, shard index."""
-
-    split: np.ndarray
-    cls: np.ndarray
-    place: np.ndarray
-    shard: np.ndarray
-    shard_names: list[str]
-    shards: list[ShardSpec]
+def _codes(batch: pa.Table, base: int) -> tuple[np.ndarray, list[str]]:
+    """Identity codes of a batch's rows (base + rank of the name: rows are sorted by name)."""
+    encoded = pc.dictionary_encode(batch.column("identity")).combine_chunks()
+    local = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    return base + local, encoded.dictionary.to_pylist()
 
 
-def _layout(
-    names: list[str], images_of: np.ndarray, classes: dict[str, list[str]], config: PrepConfig
-) -> _Layout:
-    code_of = {name: code for code, name in enumerate(names)}
-    unset = np.full(len(names), -1, dtype=np.int64)
-    layout = _Layout(unset.copy(), unset.copy(), unset.copy(), unset.copy(), [], [])
-    start = place = 0
-    for split_index, split in enumerate(SPLITS):
-        for index, name in enumerate(classes[split]):
-            layout.cls[code_of[name]] = index
-            layout.split[code_of[name]] = split_index
-        order = list(classes[split])
-        random.Random(f"{config.seed}:{split}").shuffle(order)
-        sizes = {name: int(images_of[code_of[name]]) for name in order}
-        for shard_index, group in enumerate(_pack(order, sizes, config.shard_size)):
-            for name in group:
-                layout.place[code_of[name]] = place
-                layout.shard[code_of[name]] = len(layout.shard_names)
-                place += 1
-            samples = sum(sizes[name] for name in group)
-            shard_name = f"{split}-{shard_index:06d}"
-            layout.shards.append(ShardSpec(shard_name, split, start, start + samples, len(group)))
-            layout.shard_names.append(shard_name)
-            start += samples
-    return layout
+def _identity_verdict(
+    batch: pa.Table, codes: np.ndarray, config: PrepConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """(identity_rejects verdict, counted: kept and processed without error) per row."""
+    face_size = batch.column("face_size").to_numpy()
+    verdict = identity_rejects(codes, batch.column("sha1"), face_size, config)
+    counted = (verdict == KEEP) & pc.is_null(batch.column("error")).to_numpy()
+    return verdict, counted
 
 
-def _samples(
-    scan: pa.Table, scan_rows: np.ndarray, codes: np.ndarray, keep: np.ndarray, layout: _Layout
-) -> pa.Table:
-    """The kept rows in shard order; an identity's rows stay together, in path order."""
-    kept_rows = np.flatnonzero(keep)
-    kept_rows = kept_rows[np.argsort(layout.place[codes[kept_rows]], kind="stable")]
-    row_codes = codes[kept_rows]
-    position = _rank_in_group(row_codes)
-    # Arrow string kernels, not a Python string per sample (driver memory at millions).
-    split_names = _decode(layout.split[row_codes], list(SPLITS))
-    shard_names = _decode(layout.shard[row_codes], layout.shard_names)
-    class_index = pa.array(layout.cls[row_codes], pa.int64())
-    keys = pc.binary_join_element_wise(
-        split_names,
-        pc.utf8_lpad(pc.cast(class_index, pa.string()), 6, "0"),
-        pc.utf8_lpad(pc.cast(pa.array(position, pa.int64()), pa.string()), 4, "0"),
-        "_",
+def _append_to_buckets(
+    buckets: list[Path], batch: pa.Table, codes: np.ndarray, counted: np.ndarray
+) -> None:
+    rows = np.empty(batch.num_rows, dtype=_BUCKET_ROW)
+    rows["low"], rows["middle"], rows["high"] = hash_words(batch.column("sha1"))
+    rows["code"], rows["row_id"], rows["counted"] = (
+        codes,
+        batch.column("row_id").to_numpy(),
+        counted,
     )
-    taken = scan.select(["identity", "source", "offset", "sha1", "landmarks"]).take(
-        pa.array(scan_rows[kept_rows], pa.int64())
-    )
-    return pa.table(
-        {
-            "key": keys,
-            "split": split_names,
-            "shard": shard_names,
-            "class": class_index,
-            "identity": taken.column("identity"),
-            "source": taken.column("source"),
-            "offset": taken.column("offset"),
-            "sha1": taken.column("sha1"),
-            "landmarks": taken.column("landmarks"),
-        },
-        schema=PLAN_SCHEMA,
-    )
-
-
-def _decode(codes: np.ndarray, names: list[str]) -> pa.Array:
-    """names[code] per row as a plain string array (code -1: the empty string)."""
-    indices = np.where(codes < 0, len(names), codes).astype(np.int32)
-    return pa.DictionaryArray.from_arrays(indices, pa.array([*names, ""], pa.string())).cast(
-        pa.string()
-    )
-
-
-def _rank_in_group(sorted_codes: np.ndarray) -> np.ndarray:
-    """0, 1, 2, ... within each run of equal codes (the input is grouped by code)."""
-    if len(sorted_codes) == 0:
-        return np.zeros(0, dtype=np.int64)
-    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
-    lengths = np.diff(np.r_[starts, len(sorted_codes)])
-    return np.arange(len(sorted_codes)) - np.repeat(starts, lengths)
-
-
-def _hash_sort_keys(sha1: pa.Array | pa.ChunkedArray, rows: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Big-endian words of each 20-byte digest, least significant first (for np.lexsort)."""
-    array = sha1.combine_chunks() if isinstance(sha1, pa.ChunkedArray) else sha1
-    digests = np.frombuffer(array.buffers()[1], dtype=np.uint8)
-    digests = digests[array.offset * 20 :][: len(array) * 20].reshape(-1, 20)[rows]
-    high = digests[:, :8].copy().view(">u8").ravel()
-    middle = digests[:, 8:16].copy().view(">u8").ravel()
-    low = digests[:, 16:].copy().view(">u4").ravel()
-    return low, middle, high
+    shift = 64 - int(np.log2(len(buckets)))
+    bucket_of = (rows["high"] >> np.uint64(shift)) if len(buckets) > 1 else np.zeros(len(rows), int)
+    for bucket in np.unique(bucket_of):
+        with open(buckets[int(bucket)], "ab") as handle:
+            rows[bucket_of == bucket].tofile(handle)
 
 
 def _assign_splits(identities: list[str], config: PrepConfig) -> dict[str, str]:
@@ -289,18 +384,26 @@ def _assign_splits(identities: list[str], config: PrepConfig) -> dict[str, str]:
     return {identity: "val" if identity in chosen else "train" for identity in identities}
 
 
-def _pack(order: list[str], sizes: dict[str, int], shard_size: int) -> list[list[str]]:
-    """Whole identities into shards of about `shard_size` samples (a big identity fills one)."""
-    groups: list[list[str]] = []
-    current: list[str] = []
-    filled = 0
-    for identity in order:
-        count = sizes[identity]
-        if current and filled + count > shard_size:
-            groups.append(current)
-            current, filled = [], 0
-        current.append(identity)
-        filled += count
-    if current:
-        groups.append(current)
-    return groups
+def _pack_shards(
+    names: list[str], counts: np.ndarray, classes: dict[str, list[str]], config: PrepConfig
+) -> list[ShardSpec]:
+    """Whole identities, shuffled with the seed, into shards of about `shard_size` samples."""
+    code_of = {name: code for code, name in enumerate(names)} if any(classes.values()) else {}
+    shards: list[ShardSpec] = []
+    for split in SPLITS:
+        order = [code_of[name] for name in classes[split]]
+        random.Random(f"{config.seed}:{split}").shuffle(order)
+        groups: list[list[int]] = []
+        filled = 0
+        for code in order:
+            count = int(counts[code])
+            if not groups or (groups[-1] and filled + count > config.shard_size):
+                groups.append([])
+                filled = 0
+            groups[-1].append(code)
+            filled += count
+        shards += [
+            ShardSpec(f"{split}-{index:06d}", split, int(counts[list(group)].sum()), tuple(group))
+            for index, group in enumerate(groups)
+        ]
+    return shards

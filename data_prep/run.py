@@ -1,7 +1,11 @@
-"""One prep job: list -> scan (Ray tasks) -> plan -> write shards (Ray tasks) -> manifests.
+"""One prep job: list -> process (Ray tasks) -> plan -> write shards (Ray tasks) -> manifests.
 
-Resumable: scan results and finished shards are kept under OUT/.work until the job ends, and
-the plan is a pure function of them, so a rerun after a crash redoes only unfinished shards.
+Process tasks read, hash and align every face once and keep the result in chunk files; the
+planner streams their narrow columns from a local scratch copy; shard tasks copy faces into
+tars. Nothing here holds a table of all images: driver memory follows identities, not images.
+
+Resumable: chunk files and finished shards are kept under OUT/.work until the job ends, and
+the plan is a pure function of them, so a rerun after a crash redoes only unfinished work.
 dataset.json is written last; a rerun that finds it (with the same config) does nothing.
 """
 
@@ -9,13 +13,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
+import tempfile
 import time
-from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from data_prep.align import get_template
@@ -23,10 +31,10 @@ from data_prep.config import PrepConfig
 from data_prep.errors import PrepInputError
 from data_prep.executor import TaskRunner
 from data_prep.landmarks import REASON_BAD_ROW
-from data_prep.plan import REJECT_SCHEMA, SPLITS, Plan, make_plan
-from data_prep.scan import SCAN_SCHEMA, scan_chunk
+from data_prep.plan import REJECT_SCHEMA, SPLITS, ChunkFiles, Plan, make_plan
+from data_prep.process import chunk_folder, chunk_name, process_chunk, read_plan_input
 from data_prep.shards import MANIFEST_SCHEMA, is_done, read_part, write_shard
-from data_prep.sources import Chunk, open_source
+from data_prep.sources import Chunk, iter_chunks, open_source
 from data_prep.storage import OutputStore, is_url
 
 FORMAT = "facetrain-shards/1"
@@ -42,6 +50,7 @@ class PrepSummary:
     shards_written: int = 0
     shards_skipped: int = 0
     seconds: float = 0.0
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # process, plan, shards, ...
     already_complete: bool = False
     dry_run: bool = False
     plan_text: str = ""
@@ -69,6 +78,10 @@ class PrepSummary:
             )
             + (f"; {self.seconds:.1f}s ({rate:.0f} images/s)" if rate else "")
         )
+        if self.phase_seconds:
+            lines.append(
+                "  time: " + ", ".join(f"{name} {s:.1f}s" for name, s in self.phase_seconds.items())
+            )
         for split, info in self.splits.items():
             lines.append(
                 f"  {split}: {info['images']} images, {info['identities']} identities, {info['shards']} shards"
@@ -86,21 +99,43 @@ def run_prep(config: PrepConfig) -> PrepSummary:
         return _finished_summary(store, fingerprint)
     source = open_source(config)
     if not config.dry_run:
-        _claim_work_dir(store, fingerprint)
+        _claim_work_dir(store, fingerprint, chunk_folder(config))
     started = time.perf_counter()
-    with TaskRunner(config) as runner:
-        scan = _scan(runner, source, config, store)
-        plan = make_plan(scan, config)
-        del scan
+    phases = _PhaseClock()
+    with (
+        TaskRunner(config) as runner,
+        tempfile.TemporaryDirectory(prefix="facetrain-prep-") as scratch,
+    ):
+        with phases("process"):
+            chunks = _process(runner, source, config, store, Path(scratch) / "chunks")
+        with phases("plan"):
+            plan = make_plan(chunks, config, Path(scratch) / "plan", _bad_landmark_rows(source))
         if config.dry_run:
             return PrepSummary(config.out, dry_run=True, plan_text=describe_plan(plan, config))
         pending = [spec for spec in plan.shards if not is_done(store, spec.name)]
-        skipped = len(plan.shards) - len(pending)
-        _write_shards(runner, plan, pending, config, source.kind)
-    summary = _assemble(store, plan, config, fingerprint)
-    summary.shards_written, summary.shards_skipped = len(pending), skipped
+        with phases("shards"):
+            _write_shards(runner, plan, pending, config)
+        with phases("manifests"):
+            summary = _assemble(store, plan, config, fingerprint)
+    summary.shards_written, summary.shards_skipped = len(pending), len(plan.shards) - len(pending)
     summary.seconds = time.perf_counter() - started
+    summary.phase_seconds = phases.seconds
     return summary
+
+
+class _PhaseClock:
+    """`with clock("name"):` adds the block's wall time to `clock.seconds["name"]`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
 def _absolute_paths(config: PrepConfig) -> PrepConfig:
@@ -138,7 +173,7 @@ def _finished_summary(store: OutputStore, fingerprint: str) -> PrepSummary:
     )
 
 
-def _claim_work_dir(store: OutputStore, fingerprint: str) -> None:
+def _claim_work_dir(store: OutputStore, fingerprint: str, chunks: str) -> None:
     """Create OUT/.work, or resume one made by the same config; drop temp files of dead runs."""
     marker = ".work/fingerprint"
     if store.exists(marker) and store.read_bytes(marker).decode().strip() != fingerprint:
@@ -146,43 +181,39 @@ def _claim_work_dir(store: OutputStore, fingerprint: str) -> None:
             f"{store.location}: holds an unfinished prep made with a different config; "
             "rerun with the same config to resume, or choose another --out"
         )
-    for folder in ("shards", ".work/scan", ".work/done"):
+    for folder in ("shards", chunks, ".work/done"):
         store.make_dirs(folder)
     store.write_bytes(marker, (fingerprint + "\n").encode())
-    for folder in ("", "shards", ".work", ".work/scan", ".work/done"):
+    for folder in ("", "shards", ".work", chunks, ".work/done"):
         store.remove_temporaries(folder)
 
 
-def _scan_task(index: int, chunk: Chunk, config: PrepConfig) -> tuple[int, pa.Table]:
-    return index, scan_chunk(chunk, config)
+def _process_task(index: int, chunk: Chunk, config: PrepConfig) -> tuple[int, pa.Table]:
+    return index, process_chunk(index, chunk, config)
 
 
-def _scan(runner: TaskRunner, source, config: PrepConfig, store: OutputStore) -> pa.Table:
-    from data_prep.sources import iter_chunks
+def _process(
+    runner: TaskRunner, source, config: PrepConfig, store: OutputStore, scratch: Path
+) -> ChunkFiles:
+    chunks = ChunkFiles(scratch)
+    bar = tqdm(desc="process", unit="img", disable=not config.progress, dynamic_ncols=True)
 
-    tables: dict[int, pa.Table] = {}
-    bar = tqdm(desc="scan", unit="img", disable=not config.progress, dynamic_ncols=True)
-
-    def to_scan():
+    def to_process():
         for index, chunk in enumerate(iter_chunks(source, config)):
-            cached = f".work/scan/chunk-{index:06d}.parquet"
-            if not config.dry_run and store.exists(cached):
-                tables[index] = store.read_parquet(cached, schema=SCAN_SCHEMA)
-                bar.update(tables[index].num_rows)
+            if not config.dry_run and store.exists(chunk_name(config, index)):
+                table = read_plan_input(store, config, index)  # done by an earlier, interrupted run
+                chunks.add(index, table)
+                bar.update(table.num_rows)
             else:
                 yield index, chunk, config
 
-    for index, table in runner.map(_scan_task, to_scan()):
-        tables[index] = table
+    for index, table in runner.map(_process_task, to_process()):
+        chunks.add(index, table)
         bar.update(table.num_rows)
-        if not config.dry_run:
-            store.write_parquet(f".work/scan/chunk-{index:06d}.parquet", table)
     bar.close()
-    if not tables:
+    if not len(chunks):
         raise PrepInputError(f"source {config.source}: lists no images")
-    return pa.concat_tables(
-        [tables[index] for index in sorted(tables)] + [_bad_landmark_rows(source)]
-    )
+    return chunks
 
 
 def _bad_landmark_rows(source) -> pa.Table:
@@ -196,62 +227,40 @@ def _bad_landmark_rows(source) -> pa.Table:
             file=sys.stderr,
         )
     return pa.Table.from_pylist(
-        [{"identity": "", "source": where, "reason": REASON_BAD_ROW} for where, _ in bad_rows],
-        schema=SCAN_SCHEMA,
+        [{"source": where, "identity": "", "reason": REASON_BAD_ROW} for where, _ in bad_rows],
+        schema=REJECT_SCHEMA,
     )
 
 
-def _write_shards(runner: TaskRunner, plan: Plan, pending, config: PrepConfig, kind: str) -> None:
-    total = sum(spec.stop - spec.start for spec in pending)
+def _write_shards(runner: TaskRunner, plan: Plan, pending, config: PrepConfig) -> None:
     bar = tqdm(
-        total=total, desc="shards", unit="img", disable=not config.progress, dynamic_ncols=True
-    )
-    work = ((spec.name, plan.shard_rows(spec), config, kind) for spec in pending)
-    sizes = {spec.name: spec.stop - spec.start for spec in pending}
+        total=sum(spec.samples for spec in pending), desc="shards", unit="img",
+        disable=not config.progress, dynamic_ncols=True,
+    )  # fmt: skip
+    samples = {f"{spec.name}.tar": spec.samples for spec in pending}
+    work = ((spec.name, plan.shard_rows(spec), config) for spec in pending)
     for stats in runner.map(write_shard, work):
-        bar.update(sizes[stats["name"].removesuffix(".tar")])
+        bar.update(samples[stats["name"]])
     bar.close()
 
 
 def _assemble(store: OutputStore, plan: Plan, config: PrepConfig, fingerprint: str) -> PrepSummary:
-    manifests, rejects, shard_stats = [], [plan.rejects], {split: [] for split in SPLITS}
-    for spec in plan.shards:
-        manifest, shard_rejects, stats = read_part(store, spec.name)
-        manifests.append(manifest)
-        rejects.append(shard_rejects)
-        shard_stats[spec.split].append(
-            {key: stats[key] for key in ("name", "samples", "identities", "bytes", "sha256")}
-        )
-    manifest = pa.concat_tables(manifests) if manifests else MANIFEST_SCHEMA.empty_table()
-    rejected = pa.concat_tables([table.cast(REJECT_SCHEMA) for table in rejects])
-    images_of = Counter(
-        zip(
-            manifest.column("split").to_pylist(),
-            manifest.column("identity").to_pylist(),
-            strict=True,
-        )
-    )
-    identity_rows = [
-        {"split": split, "class": index, "identity": name, "count": images_of[(split, name)]}
-        for split in SPLITS
-        for index, name in enumerate(plan.classes[split])
-    ]
-    identities = pa.Table.from_pylist(
-        identity_rows,
-        schema=pa.schema(
-            [
-                ("split", pa.string()),
-                ("class", pa.int64()),
-                ("identity", pa.string()),
-                ("count", pa.int64()),
-            ]
-        ),
-    )
-    store.write_parquet("manifest.parquet", manifest)
-    store.write_parquet("identities.parquet", identities)
-    store.write_parquet("rejects.parquet", rejected)
+    """manifest/identities/rejects Parquet files and dataset.json, streamed part by part."""
+    shard_stats: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    with (
+        store.atomic_output("manifest.parquet") as stream,
+        pq.ParquetWriter(stream, MANIFEST_SCHEMA) as writer,
+    ):
+        for spec in plan.shards:
+            manifest, stats = read_part(store, spec.name)
+            writer.write_table(manifest)
+            shard_stats[spec.split].append(
+                {key: stats[key] for key in ("name", "samples", "identities", "bytes", "sha256")}
+            )
+    store.write_parquet("identities.parquet", plan.identities_table())
+    with store.atomic_output("rejects.parquet") as stream, open(plan.rejects_file, "rb") as local:
+        shutil.copyfileobj(local, stream)
 
-    by_reason = dict(sorted(Counter(rejected.column("reason").to_pylist()).items()))
     splits = {
         split: {
             "num_classes": len(plan.classes[split]),
@@ -262,6 +271,7 @@ def _assemble(store: OutputStore, plan: Plan, config: PrepConfig, fingerprint: s
         for split in SPLITS
     }
     template = get_template("arcface" if config.align == "none" else config.align)
+    rejected = sum(plan.rejected_by_reason.values())
     meta = {
         "format": FORMAT,
         "facetrain_version": _version(),
@@ -270,9 +280,9 @@ def _assemble(store: OutputStore, plan: Plan, config: PrepConfig, fingerprint: s
         "align": config.align,
         "splits": splits,
         "counts": {
-            "accepted": manifest.num_rows,
-            "rejected": rejected.num_rows,
-            "rejected_by_reason": by_reason,
+            "accepted": plan.accepted,
+            "rejected": rejected,
+            "rejected_by_reason": plan.rejected_by_reason,
         },
         "files": {
             "manifest": "manifest.parquet",
@@ -286,8 +296,8 @@ def _assemble(store: OutputStore, plan: Plan, config: PrepConfig, fingerprint: s
     store.delete_dir(".work")
     return PrepSummary(
         out=store.location,
-        accepted=manifest.num_rows,
-        rejected_by_reason=by_reason,
+        accepted=plan.accepted,
+        rejected_by_reason=plan.rejected_by_reason,
         num_classes=meta["num_classes"],
         splits={
             s: {"images": v["images"], "identities": v["identities"], "shards": len(v["shards"])}
@@ -299,32 +309,28 @@ def _assemble(store: OutputStore, plan: Plan, config: PrepConfig, fingerprint: s
 def describe_plan(plan: Plan, config: PrepConfig, max_lines: int = 40) -> str:
     """The --dry-run report: counts per identity and the shard plan (long lists elided)."""
     lines = [f"dry run: {config.source} -> {config.out} (nothing written)"]
-    counts = Counter(
-        zip(
-            plan.samples.column("split").to_pylist(),
-            plan.samples.column("identity").to_pylist(),
-            strict=True,
-        )
-    )
     for split in SPLITS:
         names = plan.classes[split]
+        counts = plan.class_counts(split)
         lines.append(
-            f"{split}: {len(names)} identities, {sum(counts[(split, n)] for n in names)} images"
+            f"{split}: {len(names)} identities, "
+            f"{sum(spec.samples for spec in plan.shards if spec.split == split)} images"
         )
-        for index, name in enumerate(names[:max_lines]):
-            lines.append(f"  class {index:>6}  {counts[(split, name)]:>6}  {name}")
+        for index, (name, count) in enumerate(counts):
+            if index == max_lines:
+                break
+            lines.append(f"  class {index:>6}  {count:>6}  {name}")
         if len(names) > max_lines:
             lines.append(f"  ... {len(names) - max_lines} more identities")
     lines.append(f"shard plan: {len(plan.shards)} shards (target {config.shard_size} samples)")
     for spec in plan.shards[:max_lines]:
         lines.append(
-            f"  {spec.name}.tar  {spec.stop - spec.start:>6} samples  {spec.identities:>5} identities"
+            f"  {spec.name}.tar  {spec.samples:>6} samples  {len(spec.codes):>5} identities"
         )
     if len(plan.shards) > max_lines:
         lines.append(f"  ... {len(plan.shards) - max_lines} more shards")
-    reasons = Counter(plan.rejects.column("reason").to_pylist())
-    lines.append(f"rejected before decoding: {plan.rejects.num_rows}")
-    for reason, count in reasons.most_common():
+    lines.append(f"rejected before decoding: {sum(plan.rejected_by_reason.values())}")
+    for reason, count in sorted(plan.rejected_by_reason.items(), key=lambda item: -item[1]):
         lines.append(f"  {count:>8}  {reason}")
     return "\n".join(lines)
 

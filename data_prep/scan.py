@@ -1,12 +1,16 @@
-"""Scan task: read each listed image once for its content hash and header (no pixel decode).
+"""Scanning: read each listed image once for its content hash and header (no pixel decode).
 
-Its rows feed the planner (dedupe, filters, labels, shards); rows with a `reason` are rejects.
+`scan_images` yields each image's SCAN_SCHEMA row with the bytes and parsed header, so the
+process task (process.py) decodes from them without reading or parsing the file again. Rows
+with a `reason` are rejects.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -40,11 +44,17 @@ SCAN_SCHEMA = pa.schema(
 )
 
 
-def scan_chunk(chunk: Chunk, config: PrepConfig) -> pa.Table:
-    rows = list(
-        _scan_rec(chunk, config) if isinstance(chunk, RecChunk) else _scan_folder(chunk, config)
-    )
-    return pa.Table.from_pylist(rows, schema=SCAN_SCHEMA)
+class Scanned(NamedTuple):
+    row: dict  # SCAN_SCHEMA
+    data: bytes | None = None  # the file's (or record's) bytes, when it could be read
+    header: object = None  # the PIL image opened on `data` (header parsed, pixels not decoded)
+    matrix: np.ndarray | None = None  # source -> template alignment, when landmarks gave one
+
+
+def scan_images(chunk: Chunk, config: PrepConfig) -> Iterator[Scanned]:
+    if isinstance(chunk, RecChunk):
+        return _scan_rec(chunk, config)
+    return _scan_folder(chunk, config)
 
 
 def _row(
@@ -84,11 +94,12 @@ def _scan_folder(chunk: FolderChunk, config: PrepConfig):
             data = read_file(root / entry.relpath)
             image = open_image(data, entry.relpath, config.max_image_pixels)
         except ImageError as err:
-            yield _row(entry.identity, entry.relpath, reason=err.reason)
+            yield Scanned(_row(entry.identity, entry.relpath, reason=err.reason))
             continue
         size = image.size
         if config.align == "none":
-            yield _row(entry.identity, entry.relpath, data=data, size=size, face_size=min(size))
+            row = _row(entry.identity, entry.relpath, data=data, size=size, face_size=min(size))
+            yield Scanned(row, data, image)
             continue
         landmarks = entry.landmarks
         if landmarks is None and detector is not None:
@@ -97,16 +108,18 @@ def _scan_folder(chunk: FolderChunk, config: PrepConfig):
             except ImageError as err:
                 landmarks, reason = None, err.reason
             if reason is not None:
-                yield _row(entry.identity, entry.relpath, data=data, size=size, reason=reason)
+                row = _row(entry.identity, entry.relpath, data=data, size=size, reason=reason)
+                yield Scanned(row)
                 continue
         if landmarks is None:
-            yield _row(
+            row = _row(
                 entry.identity, entry.relpath, data=data, size=size, reason=REASON_NO_LANDMARKS
             )
+            yield Scanned(row)
             continue
         points = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
-        reason, face_size = landmark_problem(points, size, config.align)
-        yield _row(
+        reason, face_size, matrix = landmark_problem(points, size, config.align)
+        row = _row(
             entry.identity,
             entry.relpath,
             data=data,
@@ -115,6 +128,7 @@ def _scan_folder(chunk: FolderChunk, config: PrepConfig):
             face_size=face_size,
             reason=reason,
         )
+        yield Scanned(row, data, image, matrix)
 
 
 def detected_landmarks(image, name: str, detector) -> tuple[tuple[float, ...] | None, str | None]:
@@ -138,18 +152,19 @@ def detected_landmarks(image, name: str, detector) -> tuple[tuple[float, ...] | 
 
 def landmark_problem(
     points: np.ndarray, size: tuple[int, int], template: str
-) -> tuple[str | None, float | None]:
-    """(reject reason or None, face size in source pixels) for five points in an image."""
+) -> tuple[str | None, float | None, np.ndarray | None]:
+    """(reject reason or None, face size in source pixels, alignment matrix) for five points."""
     width, height = size
     if (points < 0).any() or (points[:, 0] > width - 1).any() or (points[:, 1] > height - 1).any():
-        return REASON_OUTSIDE, None
+        return REASON_OUTSIDE, None, None
     try:
-        scale = transform_scale(alignment_matrix(points, template))
+        matrix = alignment_matrix(points, template)
+        scale = transform_scale(matrix)
     except (ValueError, np.linalg.LinAlgError):
-        return REASON_DEGENERATE, None
+        return REASON_DEGENERATE, None, None
     if not np.isfinite(scale) or scale <= 0:
-        return REASON_DEGENERATE, None
-    return None, get_template(template).size[0] / scale
+        return REASON_DEGENERATE, None, None
+    return None, get_template(template).size[0] / scale, matrix
 
 
 def _scan_rec(chunk: RecChunk, config: PrepConfig):
@@ -161,15 +176,15 @@ def _scan_rec(chunk: RecChunk, config: PrepConfig):
             try:
                 record = records.read(index)
             except RecordIOError:
-                yield _row("", source, offset=offset, reason=REASON_BAD_RECORD)
+                yield Scanned(_row("", source, offset=offset, reason=REASON_BAD_RECORD))
                 continue
             identity = rec_identity(record.label)
             try:
                 image = open_image(record.payload, source, config.max_image_pixels)
             except ImageError as err:
-                yield _row(identity, source, offset=offset, reason=err.reason)
+                yield Scanned(_row(identity, source, offset=offset, reason=err.reason))
                 continue
-            yield _row(
+            row = _row(
                 identity,
                 source,
                 offset=offset,
@@ -177,6 +192,7 @@ def _scan_rec(chunk: RecChunk, config: PrepConfig):
                 size=image.size,
                 face_size=min(image.size),
             )
+            yield Scanned(row, record.payload, image)
 
 
 def rec_identity(label: float) -> str:

@@ -15,7 +15,7 @@ def test_prep_throughput_quick_run_reports_a_table(monkeypatch):
     module = importlib.import_module("prep_throughput")
     report = module.main(["--quick", "--workers", "2"])  # starts and stops its own local Ray
     assert "| method | images | median s | best s |" in report
-    assert "Ray tasks: write_shard per shard" in report
+    assert "facetrain run_prep on Ray, end to end" in report and "run_prep time by phase" in report
 
 
 def test_plan_memory_quick_run_reports_a_table(monkeypatch):

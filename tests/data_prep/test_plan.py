@@ -1,43 +1,109 @@
-"""The planner on hand-made scan tables: dedupe, conflicts, filters, labels, hold-out, shards."""
+"""The planner on hand-made scan rows: dedupe, conflicts, filters, labels, hold-out, shards.
+
+The rows are fed as a stream of chunks (cut at arbitrary places, an identity may span several
+chunks), which must plan exactly like one chunk holding everything.
+"""
 
 import hashlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
 from data_prep.config import PrepConfig
 from data_prep.errors import PrepInputError
-from data_prep.plan import (
+from data_prep.filters import (
     REASON_CONFLICT,
     REASON_DUPLICATE,
     REASON_FEW_IMAGES,
     REASON_OVER_CAP,
     REASON_SMALL_FACE,
-    make_plan,
 )
-from data_prep.scan import SCAN_SCHEMA
+from data_prep.plan import PLAN_INPUT_SCHEMA, ROW_BITS
+from data_prep.plan import make_plan as plan_chunks
+
+
+class TableChunks:
+    """A sorted table served as chunks of the given sizes (the last takes the rest)."""
+
+    def __init__(self, table: pa.Table, sizes: list[int]) -> None:
+        bounds = [0]
+        for size in sizes:
+            bounds.append(min(table.num_rows, bounds[-1] + size))
+        bounds.append(table.num_rows)
+        self.starts = bounds[:-1]
+        self.tables = [table.slice(a, b - a) for a, b in zip(bounds, bounds[1:], strict=False)]
+        self.total_rows = table.num_rows
+        self.table = table
+
+    def sources(self, row_ids) -> list[str]:
+        """The source of each planner row id (chunk << 32 | row)."""
+        return [
+            self.table.column("source")[self.starts[r >> ROW_BITS] + (r & 0xFFFFFFFF)].as_py()
+            for r in row_ids
+        ]
+
+    def __len__(self) -> int:
+        return len(self.tables)
+
+    def read(self, index: int) -> pa.Table:
+        return self.tables[index]
 
 
 def _scan(rows: list[tuple[str, str, str, float]]) -> pa.Table:
-    """(identity, source, content, face size) -> scan rows; equal content = equal hash."""
+    """(identity, source, content, face size) -> planner rows sorted as the process tasks sort
+    them (identity, then path); equal content = equal hash."""
     return pa.Table.from_pylist(
         [
             {
                 "identity": identity,
                 "source": source,
-                "offset": None,
                 "sha1": hashlib.sha1(content.encode()).digest(),
-                "bytes": 1,
-                "width": 100,
-                "height": 100,
-                "landmarks": [float(v) for v in range(10)],
                 "face_size": size,
                 "reason": None,
+                "error": None,
             }
-            for identity, source, content, size in rows
+            for identity, source, content, size in sorted(rows)
         ],
-        schema=SCAN_SCHEMA,
+        schema=PLAN_INPUT_SCHEMA,
     )
+
+
+@dataclass
+class Planned:
+    samples: pa.Table  # the plan's samples with their source
+    rejects: pa.Table
+    classes: dict
+    shards: list
+
+
+def _planned(table: pa.Table, config: PrepConfig, sizes: list[int]) -> Planned:
+    chunks = TableChunks(table, sizes)
+    plan = plan_chunks(chunks, config, Path(tempfile.mkdtemp(prefix="plan-test-")))
+    samples = pa.concat_tables(
+        [
+            rows.append_column("shard", pa.array([spec.name] * rows.num_rows, pa.string()))
+            for spec in plan.shards
+            for rows in [plan.shard_rows(spec)]
+        ]
+    )
+    samples = samples.append_column(
+        "source", pa.array(chunks.sources(samples.column("row_id").to_pylist()), pa.string())
+    ).drop_columns(["row_id"])
+    return Planned(samples, plan.rejects(), plan.classes, plan.shards)
+
+
+def make_plan(table: pa.Table, config: PrepConfig) -> Planned:
+    """The plan of `table` as one chunk; the same rows cut into many small chunks (so that
+    identities span chunks, as .rec identities may) must plan identically."""
+    planned = _planned(table, config, [])
+    streamed = _planned(table, config, [3, 1, 2] * table.num_rows)
+    assert streamed.samples.equals(planned.samples)
+    assert streamed.rejects.equals(planned.rejects)
+    assert streamed.classes == planned.classes and streamed.shards == planned.shards
+    return planned
 
 
 def _config(**changes) -> PrepConfig:
@@ -112,7 +178,7 @@ def test_labels_hold_out_and_identity_grouped_shards():
             previous = row["identity"]
         assert seen_shard[row["identity"]] == row["shard"]
     for spec in plan.shards:
-        assert spec.stop - spec.start <= 6
+        assert spec.samples <= 6
     # Same inputs and seed: the same plan (what resuming relies on); another seed: another order.
     assert make_plan(scan, _config(val_identities=5, shard_size=6, seed=3)).samples.equals(
         plan.samples

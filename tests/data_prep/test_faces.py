@@ -1,4 +1,4 @@
-"""The per-image path of the shard task: reduced-scale decode agrees with a full decode."""
+"""The per-image work of the process task: reduced-scale decode agrees with a full decode."""
 
 import io
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep import shards
+from data_prep import faces
 from data_prep.align import TEMPLATES, align_face
 from data_prep.config import PrepConfig
 from data_prep.images import decode_rgb, load_rgb
@@ -25,9 +25,9 @@ def test_reduced_decode_matches_full_resolution_alignment(monkeypatch):
         decoded_sizes.append(image.size)
         return image
 
-    monkeypatch.setattr(shards, "decode_rgb", recording_decode_rgb)
+    monkeypatch.setattr(faces, "decode_rgb", recording_decode_rgb)
     config = PrepConfig(source="s", out="o")
-    jpg, size, matrix = shards.process_image(data, points.ravel().tolist(), config, "big.jpg")
+    jpg, size, matrix = faces.process_image(data, points.ravel().tolist(), config, "big.jpg")
     # The face spans 7x the output: 1/4 is the largest reduction that keeps >= 1/7 of the size.
     assert decoded_sizes == [(450, 350)]
     reduced = np.asarray(Image.open(io.BytesIO(jpg))).astype(float)
@@ -47,11 +47,11 @@ def test_reduced_decode_matches_full_resolution_alignment(monkeypatch):
 def test_pre_aligned_jpeg_passes_through_and_sphereface_crops_it():
     face = face_image(TEMPLATES["arcface"].points, (112, 112), seed=4)
     data = jpeg_bytes(face)
-    kept, size, matrix = shards.process_image(
+    kept, size, matrix = faces.process_image(
         data, None, PrepConfig(source="s", out="o", align="none"), "x"
     )
     assert kept == data and size == (112, 112) and matrix is None
-    cropped, size, _ = shards.process_image(
+    cropped, size, _ = faces.process_image(
         data, None, PrepConfig(source="s", out="o", align="sphereface"), "x"
     )
     assert size == (96, 112)
@@ -75,7 +75,7 @@ def test_opencv_path_matches_the_pil_path():
         outputs = {}
         for library in ("pil", "opencv"):
             config = PrepConfig(source="s", out="o", image_library=library)
-            jpg, size, _ = shards.process_image(data, points.ravel().tolist(), config, "x")
+            jpg, size, _ = faces.process_image(data, points.ravel().tolist(), config, "x")
             outputs[library] = np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB")).astype(float)
             assert size == (112, 112)
             assert np.abs(dot_centres(outputs[library], template) - template).max() < 1.0
@@ -89,7 +89,7 @@ def test_opencv_path_refuses_a_cut_off_jpeg():
     data = jpeg_bytes(face_image(TEMPLATES["arcface"].points, (112, 112), seed=6))
     config = PrepConfig(source="s", out="o", image_library="opencv")
     with pytest.raises(ImageError) as caught:
-        shards.process_image(
+        faces.process_image(
             data[: len(data) // 2], TEMPLATES["arcface"].points.ravel().tolist(), config, "cut.jpg"
         )
     assert caught.value.reason == "truncated or corrupt image"

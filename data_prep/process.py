@@ -1,0 +1,148 @@
+"""Process task: one listed chunk -> one chunk file of scanned rows and their aligned faces.
+
+Each image is read, hashed, parsed and (unless the planner is sure to drop it) decoded,
+aligned and encoded in one visit, so the shard tasks later only copy bytes. The chunk file
+(Arrow IPC, CHUNK_SCHEMA, rows sorted by identity then path, in batches of BATCH_ROWS rows
+so a shard task reads just the batches it needs) lands atomically under `.work/chunks-N/`;
+the task returns only the narrow PLAN_INPUT_SCHEMA columns the planner reads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from itertools import groupby
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+
+from data_prep.config import PrepConfig
+from data_prep.faces import process_image
+from data_prep.filters import KEEP, identity_rejects
+from data_prep.images import ImageError
+from data_prep.plan import PLAN_INPUT_SCHEMA
+from data_prep.scan import SCAN_SCHEMA, Scanned, scan_images
+from data_prep.sources import Chunk, FolderChunk
+from data_prep.storage import OutputStore
+
+BATCH_ROWS = 64
+GROUP_ROWS = 64
+CHUNK_SCHEMA = pa.schema(
+    list(SCAN_SCHEMA)
+    + [
+        pa.field("error", pa.string()),  # decode/align/encode failure
+        pa.field("jpg", pa.binary()),  # the aligned face; null: not processed
+        pa.field("json", pa.binary()),  # the sample's provenance record
+    ]
+)
+
+
+def chunk_folder(config: PrepConfig) -> str:
+    """Named by the chunk size: a rerun with another size lists other chunks, and must not
+    take these for its own (it processes afresh; the output is the same either way)."""
+    return f".work/chunks-{config.images_per_scan_task}"
+
+
+def chunk_name(config: PrepConfig, index: int) -> str:
+    return f"{chunk_folder(config)}/chunk-{index:06d}.arrow"
+
+
+def process_chunk(index: int, chunk: Chunk, config: PrepConfig) -> pa.Table:
+    """Scan (and, unless a dry run, encode) chunk `index`; return its planner columns."""
+    rows = []
+    for item in _with_local_verdicts(chunk, config):
+        row = dict(item.scanned.row, error=None, jpg=None, json=None)
+        if item.encode and not config.dry_run:
+            try:
+                jpg, _, matrix = process_image(
+                    item.scanned.data, row["landmarks"], config, row["source"],
+                    header=item.scanned.header, matrix=item.scanned.matrix,
+                )  # fmt: skip
+                row["jpg"], row["json"] = jpg, _provenance(row, matrix, config)
+            except ImageError as err:
+                row["error"] = err.reason
+        rows.append(row)
+    table = pa.Table.from_pylist(rows, schema=CHUNK_SCHEMA)
+    if not isinstance(chunk, FolderChunk):  # .rec records come in index order
+        order = pc.sort_indices(
+            table.append_column("ordinal", pa.array(np.arange(table.num_rows))),
+            sort_keys=[("identity", "ascending"), ("ordinal", "ascending")],
+        )
+        table = table.take(order)
+    if not config.dry_run:
+        store = OutputStore(config.out)
+        with (
+            store.atomic_output(chunk_name(config, index)) as stream,
+            ipc.new_file(stream, CHUNK_SCHEMA) as writer,
+        ):
+            writer.write_table(table, max_chunksize=BATCH_ROWS)
+    return table.select(PLAN_INPUT_SCHEMA.names)
+
+
+def read_plan_input(store: OutputStore, config: PrepConfig, index: int) -> pa.Table:
+    """The planner columns of an already written chunk file (a resumed run)."""
+    with store.fs.open_input_file(store.path(chunk_name(config, index))) as handle:
+        options = ipc.IpcReadOptions(
+            included_fields=[CHUNK_SCHEMA.get_field_index(n) for n in PLAN_INPUT_SCHEMA.names]
+        )
+        return ipc.open_file(handle, options=options).read_all()
+
+
+class _Verdict:
+    __slots__ = ("scanned", "encode")
+
+    def __init__(self, scanned: Scanned, encode: bool) -> None:
+        self.scanned, self.encode = scanned, encode
+
+
+def _with_local_verdicts(chunk: Chunk, config: PrepConfig) -> Iterator[_Verdict]:
+    """Each scanned image, and whether to encode it.
+
+    A folder chunk holds whole identities, so the per-identity filters (duplicates, small
+    faces, the cap; the planner applies the same ones) decide here which faces to skip.
+    A .rec chunk may hold part of an identity: every usable record is encoded.
+    """
+    scanned = scan_images(chunk, config)
+    if not isinstance(chunk, FolderChunk):
+        for item in scanned:
+            yield _Verdict(item, item.row["reason"] is None)
+        return
+    # Whole identities are judged together, GROUP_ROWS rows or more at a time (one vectorised
+    # call instead of one per identity; only that many images' bytes are held).
+    pending: list[Scanned] = []
+    for _, group in groupby(scanned, key=lambda item: item.row["identity"]):
+        pending += group
+        if len(pending) >= GROUP_ROWS:
+            yield from _judge(pending, config)
+            pending = []
+    yield from _judge(pending, config)
+
+
+def _judge(items: list[Scanned], config: PrepConfig) -> Iterator[_Verdict]:
+    usable = [item.row for item in items if item.row["reason"] is None]
+    codes = pc.dictionary_encode(pa.array([row["identity"] for row in usable], pa.string()))
+    verdict = iter(
+        identity_rejects(
+            codes.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+            pa.array([row["sha1"] for row in usable], pa.binary(20)),
+            np.array([row["face_size"] for row in usable], dtype=np.float64),
+            config,
+        )
+    )
+    for item in items:
+        yield _Verdict(item, item.row["reason"] is None and next(verdict) == KEEP)
+
+
+def _provenance(row: dict, matrix: np.ndarray | None, config: PrepConfig) -> bytes:
+    """The sample's `json` entry: where the face came from and how it was aligned."""
+    points = row["landmarks"]
+    record = {
+        "identity": row["identity"],
+        "source": row["source"],
+        "landmarks": np.reshape(points, (5, 2)).tolist() if points else None,
+        "transform": matrix.tolist() if matrix is not None else None,
+        "template": config.align if matrix is not None else None,
+    }
+    return json.dumps(record, sort_keys=True).encode()
