@@ -1,15 +1,15 @@
 """Peak driver memory of prep planning (dedupe, conflicts, filters, labels, shard plan) vs
 dataset size.
 
-Each size runs in a fresh process. It writes synthetic processed chunks (the planner's columns
+Each run (a number of images and of images per identity) runs in a fresh process. It writes synthetic processed chunks (the planner's columns
 only; no images: planning never sees pixels) to local files one chunk at a time, exactly as
 run_prep's driver keeps them, then plans them with `data_prep.plan.make_plan` and builds every
-shard's row list (what the driver sends to the shard tasks). 20 images per identity, 1 %
+shard's row list (what the driver sends to the shard tasks). 1 %
 duplicates within an identity, 0.1 % images repeated under another identity, 0.5 % scan
 rejects, `max_images=18`. Reported: the process's resident memory once the chunks are written
 (the baseline: interpreter, numpy, pyarrow), and its peak (`ru_maxrss`) after planning.
 
-    python benchmarks/prep_plan_memory.py [--sizes 100000 1000000 4000000] [--quick]
+    python benchmarks/prep_plan_memory.py [--runs 100000:20 1000000:20 4000000:80] [--quick]
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 
 CHUNK_ROWS = 5000
-PER_IDENTITY = 20
 
 
-def _chunk(index: int, images: int, rng):
+def _chunk(index: int, images: int, per_identity: int, rng):
     """Rows [index * CHUNK_ROWS, ...) of the synthetic dataset, as the process tasks emit them."""
     import numpy as np
     import pyarrow as pa
@@ -35,7 +34,7 @@ def _chunk(index: int, images: int, rng):
 
     first = index * CHUNK_ROWS
     rows = np.arange(first, min(images, first + CHUNK_ROWS))
-    identity_index = rows // PER_IDENTITY
+    identity_index = rows // per_identity
     digests = rng.integers(0, 256, size=(len(rows), 20), dtype=np.uint8)
     # A duplicate: the next image of the same identity repeats this one's bytes.
     duplicate = np.flatnonzero(rng.random(len(rows) - 1) < 0.01)
@@ -53,7 +52,7 @@ def _chunk(index: int, images: int, rng):
             "identity": pa.array([f"id_{i:07d}" for i in identity_index], pa.string()),
             "source": pa.array(
                 [
-                    f"id_{i:07d}/{r % PER_IDENTITY:04d}.jpg"
+                    f"id_{i:07d}/{r % per_identity:04d}.jpg"
                     for r, i in zip(rows, identity_index, strict=True)
                 ],
                 pa.string(),
@@ -69,7 +68,7 @@ def _chunk(index: int, images: int, rng):
     )
 
 
-def _measure(images: int) -> dict:
+def _measure(images: int, per_identity: int) -> dict:
     """Runs in a child: write the chunks, plan them, report memory at both points."""
     import gc
     import resource
@@ -83,7 +82,7 @@ def _measure(images: int) -> dict:
         chunks = ChunkFiles(Path(scratch) / "chunks")
         rng = np.random.default_rng(0)
         for index in range(-(-images // CHUNK_ROWS)):
-            chunks.add(index, _chunk(index, images, rng))
+            chunks.add(index, _chunk(index, images, per_identity, rng))
         gc.collect()
         with open("/proc/self/statm") as statm:  # resident pages now (Linux)
             baseline = int(statm.read().split()[1]) * resource.getpagesize() / 2**20
@@ -95,6 +94,7 @@ def _measure(images: int) -> dict:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "images": images,
+        "per_identity": per_identity,
         "identities": len(plan.names),
         "baseline_mib": baseline,
         "peak_mib": peak,
@@ -109,14 +109,20 @@ def _measure(images: int) -> dict:
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000, 4_000_000])
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        default=["100000:20", "1000000:20", "4000000:20", "4000000:80"],
+        help="IMAGES:IMAGES_PER_IDENTITY per run",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     args = parser.parse_args(argv)
-    sizes = [2_000, 20_000] if args.quick else args.sizes
+    runs = ["2000:20", "20000:20", "20000:80"] if args.quick else args.runs
     results = []
-    for images in sizes:
+    for run in runs:
+        images, per_identity = run.split(":")
         child = subprocess.run(
-            [sys.executable, __file__, "--child", str(images)],
+            [sys.executable, __file__, "--child", images, per_identity],
             capture_output=True,
             text=True,
             check=True,
@@ -127,19 +133,20 @@ def main(argv: list[str] | None = None) -> str:
     lines = [
         "## Prep planning: peak driver memory",
         "",
-        f"Synthetic processed chunks of {CHUNK_ROWS:,} rows on local disk, {PER_IDENTITY} images "
-        "per identity; each size in a fresh process. The planner streams the chunks (twice) and "
-        "sorts hashes one on-disk bucket at a time, so what it holds grows with identities and "
-        "label conflicts, not images.",
+        f"Synthetic processed chunks of {CHUNK_ROWS:,} rows on local disk; each run in a fresh "
+        "process. The planner streams the chunks (twice) and sorts hashes one on-disk bucket at "
+        "a time, so what it holds grows with identities (a few numbers each), not with images: "
+        "compare runs with the same number of identities.",
         "",
-        "| images | identities | RSS before planning (MiB) | peak RSS planning (MiB) "
+        "| images | identities | images per identity | RSS before planning (MiB) | peak RSS planning (MiB) "
         "| planning increment (MiB) | increment vs smallest | bytes per image | plan + shard lists (s) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in results:
         increment = row["peak_mib"] - row["baseline_mib"]
         lines.append(
-            f"| {row['images']:,} | {row['identities']:,} | {row['baseline_mib']:.0f} "
+            f"| {row['images']:,} | {row['identities']:,} | {row['per_identity']} "
+            f"| {row['baseline_mib']:.0f} "
             f"| {row['peak_mib']:.0f} | {increment:.0f} | {increment / base_increment:.1f}x "
             f"| {increment * 2**20 / row['images']:.0f} | {row['seconds']:.1f} |"
         )
@@ -155,7 +162,7 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        print(json.dumps(_measure(int(sys.argv[2]))))
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        print(json.dumps(_measure(int(sys.argv[2]), int(sys.argv[3]))))
     else:
         print(main())

@@ -18,7 +18,8 @@ by label); a stream that breaks this is refused.
 
 from __future__ import annotations
 
-import random
+import hashlib
+import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -116,19 +117,22 @@ class ShardSpec:
     name: str  # train-000000
     split: str
     samples: int
-    codes: tuple[int, ...]  # identity codes, in the order their images are written
+    first: int  # its identities: Plan.shard_order[split][first:stop]
+    stop: int
 
 
 @dataclass
 class Plan:
+    """Identity-level arrays (a few numbers per identity); the per-image lists are on disk."""
+
     workdir: Path  # kept row ids and rejects live here
-    names: list[str]  # identity code -> name (codes follow name order)
-    counts: np.ndarray  # identity code -> images kept
-    split_of: np.ndarray  # identity code -> index in SPLITS, -1: not kept
-    class_of: np.ndarray  # identity code -> class index in its split, -1: not kept
+    names: pa.StringArray  # identity code -> name (codes follow name order)
+    counts: np.ndarray  # identity code -> images kept (0: identity dropped)
+    class_of: np.ndarray  # identity code -> class index in its split, -1: dropped
     offsets: np.ndarray  # identity code -> first of its kept row ids in kept_file
+    class_codes: dict[str, np.ndarray]  # split -> identity codes in class order
+    shard_order: dict[str, np.ndarray]  # split -> identity codes in the order shards hold them
     shards: list[ShardSpec]
-    classes: dict[str, list[str]] = field(default_factory=dict)  # split -> identity per class
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -143,49 +147,74 @@ class Plan:
     def accepted(self) -> int:
         return int(self.offsets[-1])
 
+    @property
+    def classes(self) -> dict[str, list[str]]:
+        """split -> identity name of each class (a Python list per name: small plans only)."""
+        return {
+            split: self.names.take(codes).to_pylist() for split, codes in self.class_codes.items()
+        }
+
+    def class_counts(self, split: str, limit: int | None = None) -> list[tuple[str, int]]:
+        """(identity, images) of the first `limit` classes of `split`, in class order."""
+        codes = self.class_codes[split][:limit]
+        return list(
+            zip(self.names.take(codes).to_pylist(), self.counts[codes].tolist(), strict=True)
+        )
+
     def shard_rows(self, spec: ShardSpec) -> pa.Table:
         """The shard's samples in write order: each identity contiguous, in path order."""
-        keys, classes, names, row_ids = [], [], [], []
-        for code in spec.codes:
-            start, stop = int(self.offsets[code]), int(self.offsets[code + 1])
-            ids = np.fromfile(self.kept_file, dtype=np.int64, count=stop - start, offset=8 * start)
-            class_index = int(self.class_of[code])
-            keys += [f"{spec.split}_{class_index:06d}_{n:04d}" for n in range(stop - start)]
-            classes += [class_index] * (stop - start)
-            names += [self.names[code]] * (stop - start)
-            row_ids.append(ids)
+        codes = self.shard_order[spec.split][spec.first : spec.stop]
+        lengths = self.counts[codes]
+        total = int(lengths.sum())
+        position = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        row_ids = self._kept_rows(self.offsets[codes], lengths)
+        class_index = pa.array(np.repeat(self.class_of[codes], lengths))
+        keys = pc.binary_join_element_wise(
+            pa.array([spec.split] * total, pa.string()),
+            pc.utf8_lpad(pc.cast(class_index, pa.string()), 6, "0"),
+            pc.utf8_lpad(pc.cast(pa.array(position), pa.string()), 4, "0"),
+            "_",
+        )
         return pa.table(
             {
                 "key": keys,
-                "split": [spec.split] * len(keys),
-                "class": classes,
-                "identity": names,
-                "row_id": np.concatenate(row_ids) if row_ids else np.zeros(0, np.int64),
+                "split": pa.array([spec.split] * total, pa.string()),
+                "class": class_index,
+                "identity": self.names.take(np.repeat(codes, lengths)),
+                "row_id": row_ids,
             },
             schema=SHARD_ROWS_SCHEMA,
         )
+
+    def _kept_rows(self, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """The kept row ids [start, start + length) of each identity, concatenated.
+
+        One pread per identity (not a memory map, whose touched pages would count against
+        the driver's resident memory as the file grows)."""
+        with open(self.kept_file, "rb") as handle:
+            parts = [
+                os.pread(handle.fileno(), 8 * length, 8 * start)
+                for start, length in zip(starts.tolist(), lengths.tolist(), strict=True)
+            ]
+        return np.frombuffer(b"".join(parts), dtype=np.int64)
 
     def rejects(self) -> pa.Table:
         return pq.read_table(self.rejects_file)
 
     def identities_table(self) -> pa.Table:
         """identities.parquet: (split, class, identity, count) for every class of every split."""
-        rows = [
-            {"split": split, "class": index, "identity": name, "count": count}
-            for split in SPLITS
-            for index, (name, count) in enumerate(self.class_counts(split))
+        tables = [
+            pa.table(
+                {
+                    "split": pa.array([split] * len(codes), pa.string()),
+                    "class": pa.array(np.arange(len(codes), dtype=np.int64)),
+                    "identity": self.names.take(codes),
+                    "count": pa.array(self.counts[codes]),
+                }
+            )
+            for split, codes in self.class_codes.items()
         ]
-        schema = pa.schema(
-            [("split", pa.string()), ("class", pa.int64()), ("identity", pa.string()),
-             ("count", pa.int64())]
-        )  # fmt: skip
-        return pa.Table.from_pylist(rows, schema=schema)
-
-    def class_counts(self, split: str) -> Iterator[tuple[str, int]]:
-        """(identity, images) of each class of `split`, in class order."""
-        codes = np.flatnonzero(self.split_of == SPLITS.index(split))
-        codes = codes[np.argsort(self.class_of[codes])]
-        return ((self.names[code], int(self.counts[code])) for code in codes)
+        return pa.concat_tables(tables)
 
 
 def make_plan(
@@ -199,16 +228,19 @@ def make_plan(
         path.write_bytes(b"")
 
     # Pass 1: identity-level filters, names and counts; hashes into buckets.
-    names: list[str] = []
+    name_parts: list[pa.Array] = []
     counted_per_identity: list[np.ndarray] = []
+    base = 0
     for batch in _identity_batches(chunks):
-        codes, local_names = _codes(batch, base=len(names))
-        names += local_names
-        verdict, counted = _identity_verdict(batch, codes, config)
+        codes, local_names = _codes(batch, base)
+        base += len(local_names)
+        name_parts.append(local_names)
+        _, counted = _identity_verdict(batch, codes, config)
         counted_per_identity.append(
             np.bincount(codes[counted] - codes[0], minlength=len(local_names))
         )
         _append_to_buckets(buckets, batch, codes, counted)
+    names = pa.concat_arrays(name_parts) if name_parts else pa.array([], pa.string())
     counts = np.concatenate(counted_per_identity) if counted_per_identity else np.zeros(0, np.int64)
     counts = counts.astype(np.int64)
 
@@ -218,24 +250,19 @@ def make_plan(
         rows = np.fromfile(path, dtype=_BUCKET_ROW)
         path.unlink()
         is_conflict = conflicting_rows((rows["low"], rows["middle"], rows["high"]), rows["code"])
-        conflicted.append(np.sort(rows["row_id"][is_conflict]))
+        conflicted.append(rows["row_id"][is_conflict])
         np.subtract.at(counts, rows["code"][is_conflict & rows["counted"]], 1)
+        del rows
     conflicted_ids = np.sort(np.concatenate(conflicted)) if conflicted else np.zeros(0, np.int64)
 
     # Identity level: who stays, which split, which class, which shard.
     is_kept = counts >= max(1, config.min_images)
-    kept_names = [names[code] for code in np.flatnonzero(is_kept)]
-    split_of_name = _assign_splits(kept_names, config)
-    split_of = np.full(len(names), -1, dtype=np.int64)
+    counts = np.where(is_kept, counts, 0)
+    class_codes = _assign_splits(names, np.flatnonzero(is_kept), config)
     class_of = np.full(len(names), -1, dtype=np.int64)
-    classes: dict[str, list[str]] = {split: [] for split in SPLITS}
-    for code in np.flatnonzero(is_kept):
-        split = split_of_name[names[code]]
-        split_of[code] = SPLITS.index(split)
-        class_of[code] = len(classes[split])
-        classes[split].append(names[code])
-    final_counts = np.where(is_kept, counts, 0)
-    offsets = np.r_[0, np.cumsum(final_counts)].astype(np.int64)
+    for codes in class_codes.values():
+        class_of[codes] = np.arange(len(codes))
+    offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
 
     # Pass 3: every row's verdict; kept row ids in identity order, rejects to Parquet.
     reasons: Counter[str] = Counter()
@@ -281,15 +308,16 @@ def make_plan(
             )
     if kept_file.stat().st_size != 8 * int(offsets[-1]):
         raise AssertionError("planner: the two passes over the chunks disagree")
+    shard_order, shards = _pack_shards(counts, class_codes, config)
     return Plan(
         workdir=workdir,
         names=names,
-        counts=final_counts,
-        split_of=split_of,
+        counts=counts,
         class_of=class_of,
         offsets=offsets,
-        shards=_pack_shards(names, final_counts, classes, config),
-        classes=classes,
+        class_codes=class_codes,
+        shard_order=shard_order,
+        shards=shards,
         rejected_by_reason=dict(sorted(reasons.items())),
     )
 
@@ -330,11 +358,11 @@ def _identity_batches(chunks: ChunkTables, on_failed=None) -> Iterator[pa.Table]
         yield carry
 
 
-def _codes(batch: pa.Table, base: int) -> tuple[np.ndarray, list[str]]:
+def _codes(batch: pa.Table, base: int) -> tuple[np.ndarray, pa.Array]:
     """Identity codes of a batch's rows (base + rank of the name: rows are sorted by name)."""
     encoded = pc.dictionary_encode(batch.column("identity")).combine_chunks()
     local = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    return base + local, encoded.dictionary.to_pylist()
+    return base + local, encoded.dictionary
 
 
 def _identity_verdict(
@@ -364,46 +392,60 @@ def _append_to_buckets(
             rows[bucket_of == bucket].tofile(handle)
 
 
-def _assign_splits(identities: list[str], config: PrepConfig) -> dict[str, str]:
+def _seeded(config: PrepConfig, purpose: str) -> np.random.Generator:
+    """A generator that depends only on the seed and what it is for."""
+    digest = hashlib.sha256(f"{config.seed}:{purpose}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def _assign_splits(
+    names: pa.StringArray, kept: np.ndarray, config: PrepConfig
+) -> dict[str, np.ndarray]:
+    """split -> identity codes of its classes, in name order (`kept`: codes passing filters)."""
     held_out = config.val_identities
     if isinstance(held_out, int):
-        if held_out >= len(identities) and held_out > 0:
+        if held_out >= len(kept) and held_out > 0:
             raise PrepInputError(
-                f"val_identities={held_out}: only {len(identities)} identities pass the filters, "
+                f"val_identities={held_out}: only {len(kept)} identities pass the filters, "
                 "none would be left to train on"
             )
-        chosen = set(random.Random(f"{config.seed}:val").sample(identities, held_out))
+        is_val = np.zeros(len(kept), dtype=bool)
+        is_val[_seeded(config, "val").choice(len(kept), size=held_out, replace=False)] = True
     else:
-        chosen = set(held_out)
-        missing = sorted(chosen - set(identities))
+        wanted = pa.array(sorted(set(held_out)), pa.string())
+        found = pc.index_in(wanted, value_set=names.take(kept))
+        missing = wanted.filter(pc.is_null(found)).to_pylist()
         if missing:
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
             raise PrepInputError(
                 f"val_identities: {len(missing)} name(s) not among the identities that pass the filters: {shown}"
             )
-    return {identity: "val" if identity in chosen else "train" for identity in identities}
+        is_val = np.zeros(len(kept), dtype=bool)
+        is_val[found.to_numpy(zero_copy_only=False).astype(np.int64)] = True
+    return {"train": kept[~is_val], "val": kept[is_val]}
 
 
 def _pack_shards(
-    names: list[str], counts: np.ndarray, classes: dict[str, list[str]], config: PrepConfig
-) -> list[ShardSpec]:
-    """Whole identities, shuffled with the seed, into shards of about `shard_size` samples."""
-    code_of = {name: code for code, name in enumerate(names)} if any(classes.values()) else {}
+    counts: np.ndarray, class_codes: dict[str, np.ndarray], config: PrepConfig
+) -> tuple[dict[str, np.ndarray], list[ShardSpec]]:
+    """Whole identities, shuffled with the seed, into shards of about `shard_size` samples:
+    (split -> identity codes in shard order, the shards)."""
+    order: dict[str, np.ndarray] = {}
     shards: list[ShardSpec] = []
     for split in SPLITS:
-        order = [code_of[name] for name in classes[split]]
-        random.Random(f"{config.seed}:{split}").shuffle(order)
-        groups: list[list[int]] = []
+        order[split] = _seeded(config, split).permutation(class_codes[split])
+        sizes = counts[order[split]]
+        bounds = [0]
         filled = 0
-        for code in order:
-            count = int(counts[code])
-            if not groups or (groups[-1] and filled + count > config.shard_size):
-                groups.append([])
+        for position, size in enumerate(sizes.tolist()):
+            if position > bounds[-1] and filled + size > config.shard_size:
+                bounds.append(position)
                 filled = 0
-            groups[-1].append(code)
-            filled += count
+            filled += size
+        bounds.append(len(sizes))
         shards += [
-            ShardSpec(f"{split}-{index:06d}", split, int(counts[list(group)].sum()), tuple(group))
-            for index, group in enumerate(groups)
+            ShardSpec(f"{split}-{index:06d}", split, int(sizes[a:b].sum()), a, b)
+            for index, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False))
+            if b > a
         ]
-    return shards
+    return order, shards

@@ -263,8 +263,8 @@ def _assemble(store: OutputStore, plan: Plan, config: PrepConfig, fingerprint: s
 
     splits = {
         split: {
-            "num_classes": len(plan.classes[split]),
-            "identities": len(plan.classes[split]),
+            "num_classes": len(plan.class_codes[split]),
+            "identities": len(plan.class_codes[split]),
             "images": sum(stats["samples"] for stats in shard_stats[split]),
             "shards": shard_stats[split],
         }
@@ -275,7 +275,7 @@ def _assemble(store: OutputStore, plan: Plan, config: PrepConfig, fingerprint: s
     meta = {
         "format": FORMAT,
         "facetrain_version": _version(),
-        "num_classes": len(plan.classes["train"]),
+        "num_classes": len(plan.class_codes["train"]),
         "image_size": list(template.size),
         "align": config.align,
         "splits": splits,
@@ -310,22 +310,19 @@ def describe_plan(plan: Plan, config: PrepConfig, max_lines: int = 40) -> str:
     """The --dry-run report: counts per identity and the shard plan (long lists elided)."""
     lines = [f"dry run: {config.source} -> {config.out} (nothing written)"]
     for split in SPLITS:
-        names = plan.classes[split]
-        counts = plan.class_counts(split)
+        classes = len(plan.class_codes[split])
         lines.append(
-            f"{split}: {len(names)} identities, "
+            f"{split}: {classes} identities, "
             f"{sum(spec.samples for spec in plan.shards if spec.split == split)} images"
         )
-        for index, (name, count) in enumerate(counts):
-            if index == max_lines:
-                break
+        for index, (name, count) in enumerate(plan.class_counts(split, limit=max_lines)):
             lines.append(f"  class {index:>6}  {count:>6}  {name}")
-        if len(names) > max_lines:
-            lines.append(f"  ... {len(names) - max_lines} more identities")
+        if classes > max_lines:
+            lines.append(f"  ... {classes - max_lines} more identities")
     lines.append(f"shard plan: {len(plan.shards)} shards (target {config.shard_size} samples)")
     for spec in plan.shards[:max_lines]:
         lines.append(
-            f"  {spec.name}.tar  {spec.samples:>6} samples  {len(spec.codes):>5} identities"
+            f"  {spec.name}.tar  {spec.samples:>6} samples  {spec.stop - spec.first:>5} identities"
         )
     if len(plan.shards) > max_lines:
         lines.append(f"  ... {len(plan.shards) - max_lines} more shards")

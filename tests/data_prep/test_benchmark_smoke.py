@@ -22,4 +22,4 @@ def test_plan_memory_quick_run_reports_a_table(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARK.parent))
     module = importlib.import_module("prep_plan_memory")
     report = module.main(["--quick"])
-    assert "| images | identities | RSS before planning (MiB) |" in report and "| 20,000 |" in report
+    assert "| images | identities | images per identity |" in report and "| 20,000 |" in report
