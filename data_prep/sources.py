@@ -1,24 +1,27 @@
 """Listing a source as a stream of scan chunks: an image folder (with or without a landmark
 list) or an insightface .rec/.idx pair.
 
-The driver holds identity names (and, with --landmarks, the landmark table), never images;
-each chunk carries at most `images_per_scan_task` entries to a scan task.
+The driver holds folder names and one identity's entries, never images: a landmark list is
+sorted on disk once (external_sort) and merged back identity by identity. Each chunk carries
+about `images_per_scan_task` entries to a scan task.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_prep.config import PrepConfig
 from data_prep.errors import PrepInputError
-from data_prep.landmarks import LandmarkTable, read_landmark_table
+from data_prep.external_sort import RUN_ROWS, RunWriter, merge_runs, outer_join
+from data_prep.landmarks import iter_landmark_blocks
 from data_prep.recordio import IndexedRecordFile, RecordIOError, index_path_for, read_index
 
 
@@ -45,13 +48,44 @@ Chunk = FolderChunk | RecChunk
 
 
 @dataclass
+class LandmarkRuns:
+    """A landmark list read once into sorted runs on disk: rows by (identity, path), and paths
+    by (top folder, path) to know which folder files a row covers. The scratch directory goes
+    when this object does (or at exit)."""
+
+    num_rows: int
+    bad_rows: list[tuple[str, str]]
+    by_identity: list[Path]
+    by_folder: list[Path]
+    scratch: tempfile.TemporaryDirectory
+
+
+@dataclass
 class Source:
     """A checked source: what kind, plus what the driver had to read to list it."""
 
     kind: str  # "folder" or "rec"
     path: Path
-    landmarks: LandmarkTable | None = None
+    landmarks: LandmarkRuns | None = None
     image_index_range: tuple[int, int] | None = None  # rec: [first, stop) image records
+
+
+def sort_landmark_list(path: str | Path, run_rows: int = RUN_ROWS) -> LandmarkRuns:
+    """Read a landmark list once, block by block, into sorted runs (memory: ~run_rows rows)."""
+    scratch = tempfile.TemporaryDirectory(prefix="facetrain-listing-")
+    by_identity = RunWriter(Path(scratch.name) / "identity", ["identity", "path"], run_rows)
+    by_folder = RunWriter(Path(scratch.name) / "folder", ["folder", "path"], run_rows)
+    by_identity.directory.mkdir()
+    by_folder.directory.mkdir()
+    num_rows, bad_rows = 0, []
+    for block in iter_landmark_blocks(path):
+        num_rows += block.table.num_rows
+        bad_rows.extend(block.bad_rows)
+        by_identity.add(block.table)
+        # The folder a row covers is its path's first part, whatever identity the row names.
+        top_folder = pc.list_element(pc.split_pattern(block.table.column("path"), "/"), 0)
+        by_folder.add(pa.table({"folder": top_folder, "path": block.table.column("path")}))
+    return LandmarkRuns(num_rows, bad_rows, by_identity.finish(), by_folder.finish(), scratch)
 
 
 def open_source(config: PrepConfig) -> Source:
@@ -68,7 +102,7 @@ def open_source(config: PrepConfig) -> Source:
     landmarks = None
     if config.landmarks is not None:
         try:
-            landmarks = read_landmark_table(config.landmarks)
+            landmarks = sort_landmark_list(config.landmarks)
         except (FileNotFoundError, ValueError) as err:
             raise PrepInputError(str(err)) from err
     elif config.align != "none" and not config.detect:
@@ -79,7 +113,7 @@ def open_source(config: PrepConfig) -> Source:
     has_identity = any(
         entry.is_dir() and not entry.name.startswith(".") for entry in os.scandir(path)
     )
-    if not has_identity and (landmarks is None or landmarks.table.num_rows == 0):
+    if not has_identity and (landmarks is None or landmarks.num_rows == 0):
         raise PrepInputError(f"source {path}: is empty (expected ROOT/<identity>/<image> folders)")
     return Source("folder", path, landmarks=landmarks)
 
@@ -153,34 +187,10 @@ def _rec_chunks(source: Source, chunk_size: int) -> Iterator[RecChunk]:
 
 def _folder_chunks(source: Source, chunk_size: int) -> Iterator[FolderChunk]:
     root = source.path
-    table = source.landmarks.table if source.landmarks is not None else None
-    # Row numbers per identity and per top folder (compact numpy), entries built one identity
-    # at a time: no Python object per landmark row is alive beyond the current chunk.
-    rows_of_identity = _rows_by_value(table.column("identity")) if table is not None else {}
-    rows_of_folder = (
-        _rows_by_value(pc.list_element(pc.split_pattern(table.column("path"), "/"), 0))
-        if table is not None
-        else {}
-    )
-    folder_identities = {
-        entry.name
-        for entry in os.scandir(root)
-        if entry.is_dir() and not entry.name.startswith(".")
-    }
     batch: list[FolderEntry] = []
-    for identity in sorted(folder_identities | set(rows_of_identity)):
-        entries = []
-        if identity in rows_of_identity:
-            listed = table.take(pa.array(rows_of_identity[identity])).to_pylist()
-            entries = [
-                FolderEntry(identity, row["path"], tuple(row["landmarks"])) for row in listed
-            ]
-        if identity in folder_identities:
-            covered = set()
-            if identity in rows_of_folder:
-                covered = set(
-                    table.column("path").take(pa.array(rows_of_folder[identity])).to_pylist()
-                )
+    for identity, listed, covered in _identity_listings(source):
+        entries = [FolderEntry(identity, relpath, tuple(points)) for relpath, points in listed]
+        if covered is not None:  # ROOT/<identity>/ exists: its files without a landmark row
             for name in sorted(os.listdir(root / identity)):
                 relpath = f"{identity}/{name}"
                 if not name.startswith(".") and relpath not in covered:
@@ -193,15 +203,32 @@ def _folder_chunks(source: Source, chunk_size: int) -> Iterator[FolderChunk]:
         yield FolderChunk(str(root), tuple(batch))
 
 
-def _rows_by_value(column: pa.ChunkedArray | pa.Array) -> dict[str, np.ndarray]:
-    """value -> the row numbers holding it (int64 arrays)."""
-    encoded = pc.dictionary_encode(column)
-    if isinstance(encoded, pa.ChunkedArray):
-        encoded = encoded.combine_chunks()
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
-    order = np.argsort(codes, kind="stable")
-    bounds = np.searchsorted(codes[order], np.arange(len(encoded.dictionary) + 1))
-    return {
-        value: order[bounds[code] : bounds[code + 1]]
-        for code, value in enumerate(encoded.dictionary.to_pylist())
-    }
+def _identity_listings(
+    source: Source,
+) -> Iterator[tuple[str, list[tuple[str, list[float]]], set[str] | None]]:
+    """(identity, its landmark rows as (relpath, points) sorted by relpath, the relpaths the
+    list covers under folder ROOT/<identity>/ or None when there is no such folder), in
+    identity order. Holds one identity's rows and one folder's covered paths at a time."""
+    folder_names = sorted(
+        entry.name
+        for entry in os.scandir(source.path)
+        if entry.is_dir() and not entry.name.startswith(".")
+    )
+    runs = source.landmarks
+    listed = _grouped(
+        merge_runs(runs.by_identity, ["identity", "path", "landmarks"], 2) if runs else iter(())
+    )
+    covered = _grouped(merge_runs(runs.by_folder, ["folder", "path"], 2) if runs else iter(()))
+    folders = (
+        (name, {relpath for (relpath,) in paths} if paths else set())
+        for name, present, paths in outer_join(((n, True) for n in folder_names), covered)
+        if present
+    )
+    for identity, rows, covered_paths in outer_join(listed, folders):
+        yield identity, rows or [], covered_paths
+
+
+def _grouped(rows: Iterator[tuple]) -> Iterator[tuple[str, list[tuple]]]:
+    """(first column, the rest of each row) for key-sorted rows, one group at a time."""
+    for key, group in itertools.groupby(rows, key=lambda row: row[0]):
+        yield key, [row[1:] for row in group]
