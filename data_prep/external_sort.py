@@ -30,10 +30,12 @@ class RunWriter:
         self._pending_rows = 0
 
     def add(self, table: pa.Table) -> None:
-        for start in range(0, table.num_rows, self.run_rows):
-            part = table.slice(start, self.run_rows)
+        start = 0
+        while start < table.num_rows:  # fill the current run to exactly run_rows rows
+            part = table.slice(start, self.run_rows - self._pending_rows)
             self._pending.append(part)
             self._pending_rows += part.num_rows
+            start += part.num_rows
             if self._pending_rows >= self.run_rows:
                 self._flush()
 

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from data_prep.config import PrepConfig
 from data_prep.errors import PrepInputError
 from data_prep.external_sort import RUN_ROWS, RunWriter, merge_runs, outer_join
-from data_prep.landmarks import iter_landmark_blocks
+from data_prep.landmarks import BLOCK_ROWS, iter_landmark_blocks
 from data_prep.recordio import IndexedRecordFile, RecordIOError, index_path_for, read_index
 
 
@@ -70,7 +70,9 @@ class Source:
     image_index_range: tuple[int, int] | None = None  # rec: [first, stop) image records
 
 
-def sort_landmark_list(path: str | Path, run_rows: int = RUN_ROWS) -> LandmarkRuns:
+def sort_landmark_list(
+    path: str | Path, run_rows: int = RUN_ROWS, block_rows: int = BLOCK_ROWS
+) -> LandmarkRuns:
     """Read a landmark list once, block by block, into sorted runs (memory: ~run_rows rows)."""
     scratch = tempfile.TemporaryDirectory(prefix="facetrain-listing-")
     by_identity = RunWriter(Path(scratch.name) / "identity", ["identity", "path"], run_rows)
@@ -78,7 +80,7 @@ def sort_landmark_list(path: str | Path, run_rows: int = RUN_ROWS) -> LandmarkRu
     by_identity.directory.mkdir()
     by_folder.directory.mkdir()
     num_rows, bad_rows = 0, []
-    for block in iter_landmark_blocks(path):
+    for block in iter_landmark_blocks(path, block_rows):
         num_rows += block.table.num_rows
         bad_rows.extend(block.bad_rows)
         by_identity.add(block.table)
