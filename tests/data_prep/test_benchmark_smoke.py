@@ -23,3 +23,11 @@ def test_plan_memory_quick_run_reports_a_table(monkeypatch):
     module = importlib.import_module("prep_plan_memory")
     report = module.main(["--quick"])
     assert "| images | identities | images per identity |" in report and "| 20,000 |" in report
+
+
+def test_listing_memory_quick_run_reports_a_table(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARK.parent))
+    module = importlib.import_module("prep_listing_memory")
+    report = module.main(["--quick"])
+    assert "## Prep listing: peak driver memory" in report
+    assert "| 20,000 |" in report and "| 20,020 |" in report  # every row and unlisted file
