@@ -106,7 +106,10 @@ def open_source(config: PrepConfig) -> Source:
         try:
             landmarks = sort_landmark_list(config.landmarks)
         except (FileNotFoundError, ValueError) as err:
-            raise PrepInputError(str(err)) from err
+            message = str(err)  # pyarrow's own errors (a broken Parquet file) do not name it
+            if str(config.landmarks) not in message:
+                message = f"landmark file {config.landmarks}: {message}"
+            raise PrepInputError(message) from err
     elif config.align != "none" and not config.detect:
         raise PrepInputError(
             f"source {path}: an image folder needs --landmarks FILE (or --detect) to align "

@@ -190,3 +190,24 @@ def test_entries_are_folder_entries(tmp_path):
                for e in chunk.entries]  # fmt: skip
     assert all(isinstance(e, FolderEntry) for e in entries)
     assert {type(e.landmarks) for e in entries} == {tuple, type(None)}
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("missing.txt", None),
+        ("no_path.csv", "file,x1\na.jpg,1\n"),
+        ("no_points.csv", "path,x1,y1\na/b.jpg,1,2\n"),
+        ("broken.parquet", "not parquet"),
+    ],
+)
+def test_bad_landmark_files_are_input_errors_naming_the_file(tmp_path, name, content):
+    from data_prep.errors import PrepInputError
+
+    root = _make_folder(tmp_path / "faces")
+    landmark_file = tmp_path / name
+    if content is not None:
+        landmark_file.write_text(content)
+    config = PrepConfig(source=str(root), out=str(tmp_path / "o"), landmarks=str(landmark_file))
+    with pytest.raises(PrepInputError, match=name):
+        open_source(config)
