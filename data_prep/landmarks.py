@@ -158,11 +158,10 @@ def _parsed_blocks(
             try:
                 if not relpath:
                     raise ValueError("empty path")
-                point_values = [_number(row.get(c)) for c in POINT_COLUMNS] if has_points else []
-                box = [_number(row.get(c)) for c in BOX_COLUMNS] if has_box else []
-                if point_values and None not in point_values:
-                    values = point_values
-                elif box and None not in box:
+                if has_points and not any(_is_null(row.get(c)) for c in POINT_COLUMNS):
+                    values = [float(row[c]) for c in POINT_COLUMNS]
+                elif has_box and not any(_is_null(row.get(c)) for c in BOX_COLUMNS):
+                    box = [float(row[c]) for c in BOX_COLUMNS]
                     if box[2] <= 0 or box[3] <= 0:
                         raise ValueError(f"box of size {box[2]}x{box[3]}")
                     values = box_to_landmarks(*box).ravel().tolist()
@@ -182,11 +181,9 @@ def _parsed_blocks(
         yield LandmarkTable(_table(paths, identities, points), bad_rows)
 
 
-def _number(value: object) -> float | None:
-    """A coordinate cell: None when empty (or spelled as a CSV null), else its float."""
-    if value is None or (isinstance(value, str) and value in NULL_SPELLINGS):
-        return None
-    return float(value)
+def _is_null(value: object) -> bool:
+    """An empty coordinate cell (or one spelled as a CSV null, as pyarrow reads numbers)."""
+    return value is None or (isinstance(value, str) and value in NULL_SPELLINGS)
 
 
 def _table(paths: list[str], identities: list[str], points: list[list[float]]) -> pa.Table:
