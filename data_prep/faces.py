@@ -31,7 +31,8 @@ def process_image(
         return _keep_aligned(data, header, config, name), aligned_size(config), None
     template = get_template(config.align)
     points = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
-    matrix = alignment_matrix(points, config.align)
+    if matrix is None:
+        matrix = alignment_matrix(points, config.align)
     width = header.size[0]
     scale = transform_scale(matrix)  # output pixels per source pixel
     # Decoding at 1/2..1/8 is lossless for the crop as long as the face keeps >= output size.
@@ -46,7 +47,11 @@ def process_image(
         reduction = 2 ** round(math.log2(width / image.size[0]))
     if reduction > 1:
         # Pixel j of the reduced image covers source pixels [r*j, r*j + r - 1].
-        warp = alignment_matrix((points - (reduction - 1) / 2) / reduction, config.align)
+        # The least-squares similarity commutes with rescaling its source points, so the
+        # reduced image's transform is the full one composed with p = r * q + (r - 1) / 2.
+        linear = matrix[:, :2]
+        offset = linear @ np.full(2, (reduction - 1) / 2) + matrix[:, 2]
+        warp = np.column_stack([linear * reduction, offset])
     else:
         warp = matrix
     if config.image_library == "opencv":

@@ -10,7 +10,6 @@ webdataset's included, reads the output.
 from __future__ import annotations
 
 import hashlib
-import struct
 from typing import BinaryIO
 
 BLOCK = 512
@@ -18,7 +17,6 @@ RECORD = 20 * BLOCK  # tarfile pads the archive to whole records; so do we
 MODE = 0o444
 OWNER = b"facetrain"
 _ZEROS = bytes(BLOCK)
-_HEADER = struct.Struct("100s8s8s8s12s12s8s1s100s6s2s32s32s8s8s155s12x")
 
 
 def _octal(value: int, width: int) -> bytes:
@@ -26,32 +24,32 @@ def _octal(value: int, width: int) -> bytes:
     return b"%0*o\0" % (width - 1, value)
 
 
+# The header (tarfile's USTAR layout) around the name, size and checksum fields.
+_MODE_OWNER = _octal(MODE, 8) + _octal(0, 8) + _octal(0, 8)  # mode, uid, gid
+_MTIME = _octal(0, 12)
+_TAIL = (
+    b"0"  # regular file
+    + bytes(100)  # link name
+    + b"ustar\0"
+    + b"00"
+    + OWNER.ljust(32, b"\0")  # user name
+    + OWNER.ljust(32, b"\0")  # group name
+    + bytes(8 + 8 + 155 + 12)  # device numbers (empty for files, as tarfile leaves them), prefix
+)
+_FIXED_SUM = sum(_MODE_OWNER) + sum(_MTIME) + sum(b" " * 8) + sum(_TAIL)
+
+
 def ustar_header(name: str, size: int) -> bytes:
     """The 512-byte header of a regular file `name` of `size` bytes (mtime 0, owner facetrain)."""
     encoded = name.encode("ascii")
     if len(encoded) > 100:
         raise ValueError(f"tar member {name!r}: names over 100 bytes need pax headers")
-    fields = [
-        encoded,
-        _octal(MODE, 8),
-        _octal(0, 8),
-        _octal(0, 8),
-        _octal(size, 12),
-        _octal(0, 12),
-        b" " * 8,  # the checksum is computed over a header whose checksum field is blanks
-        b"0",
-        b"",
-        b"ustar\0",
-        b"00",
-        OWNER,
-        OWNER,
-        b"",  # device numbers: empty for regular files, as tarfile leaves them
-        b"",
-        b"",
-    ]
-    header = bytearray(_HEADER.pack(*fields))
-    header[148:156] = b"%06o\0 " % sum(header)
-    return bytes(header)
+    size_field = _octal(size, 12)
+    # Only the name and the size vary: the checksum is the fixed fields' sum plus theirs.
+    checksum = b"%06o\0 " % (_FIXED_SUM + sum(encoded) + sum(size_field))
+    return b"".join(
+        (encoded, bytes(100 - len(encoded)), _MODE_OWNER, size_field, _MTIME, checksum, _TAIL)
+    )
 
 
 class ShardTarWriter:

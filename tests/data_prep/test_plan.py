@@ -235,3 +235,12 @@ def test_dedupe_on_many_collisions_matches_a_plain_python_reference():
     reasons = set(expected.values())
     assert reasons == {REASON_CONFLICT, REASON_DUPLICATE}  # the data exercises both
     assert set(plan.samples.column("source").to_pylist()) == {r[1] for r in rows} - set(expected)
+
+
+def test_a_stream_that_returns_to_an_earlier_identity_is_refused():
+    # What a .rec written out of label order looks like to the planner.
+    table = _scan([("ann", "a1", "x1", 80), ("bob", "b1", "x2", 80)])
+    later = _scan([("ann", "a2", "x3", 80)])
+    chunks = TableChunks(pa.concat_tables([table, later]), [2])
+    with pytest.raises(PrepInputError, match="chunk 1: identities are not grouped"):
+        plan_chunks(chunks, _config(), Path(tempfile.mkdtemp(prefix="plan-test-")))
