@@ -222,39 +222,8 @@ def make_plan(
 ) -> Plan:
     """Plan the chunks into shards; `extra_rejects` (REJECT_SCHEMA) joins rejects.parquet."""
     workdir.mkdir(parents=True, exist_ok=True)
-    num_buckets = 1 << max(0, int(np.ceil(np.log2(max(chunks.total_rows, 1) / ROWS_PER_BUCKET))))
-    buckets = [workdir / f"hash-bucket-{index:05d}.bin" for index in range(num_buckets)]
-    for path in buckets:
-        path.write_bytes(b"")
-
-    # Pass 1: identity-level filters, names and counts; hashes into buckets.
-    name_parts: list[pa.Array] = []
-    counted_per_identity: list[np.ndarray] = []
-    base = 0
-    for batch in _identity_batches(chunks):
-        codes, local_names = _codes(batch, base)
-        base += len(local_names)
-        name_parts.append(local_names)
-        _, counted = _identity_verdict(batch, codes, config)
-        counted_per_identity.append(
-            np.bincount(codes[counted] - codes[0], minlength=len(local_names))
-        )
-        _append_to_buckets(buckets, batch, codes, counted)
-    names = pa.concat_arrays(name_parts) if name_parts else pa.array([], pa.string())
-    counts = np.concatenate(counted_per_identity) if counted_per_identity else np.zeros(0, np.int64)
-    counts = counts.astype(np.int64)
-
-    # Pass 2: label conflicts, one hash bucket at a time.
-    conflicted: list[np.ndarray] = []
-    for path in buckets:
-        rows = np.fromfile(path, dtype=_BUCKET_ROW)
-        path.unlink()
-        is_conflict = conflicting_rows((rows["low"], rows["middle"], rows["high"]), rows["code"])
-        conflicted.append(rows["row_id"][is_conflict])
-        np.subtract.at(counts, rows["code"][is_conflict & rows["counted"]], 1)
-        del rows
-    conflicted_ids = np.sort(np.concatenate(conflicted)) if conflicted else np.zeros(0, np.int64)
-
+    names, counts, buckets = _count_identities(chunks, config, workdir)
+    conflicted_ids = _label_conflicts(buckets, counts)
     # Identity level: who stays, which split, which class, which shard.
     is_kept = counts >= max(1, config.min_images)
     counts = np.where(is_kept, counts, 0)
@@ -263,12 +232,73 @@ def make_plan(
     for codes in class_codes.values():
         class_of[codes] = np.arange(len(codes))
     offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
+    reasons = _write_verdicts(chunks, config, workdir, is_kept, conflicted_ids, extra_rejects)
+    if (workdir / "kept-rows.int64").stat().st_size != 8 * int(offsets[-1]):
+        raise AssertionError("planner: the two passes over the chunks disagree")
+    shard_order, shards = _pack_shards(counts, class_codes, config)
+    return Plan(
+        workdir=workdir,
+        names=names,
+        counts=counts,
+        class_of=class_of,
+        offsets=offsets,
+        class_codes=class_codes,
+        shard_order=shard_order,
+        shards=shards,
+        rejected_by_reason=reasons,
+    )
 
-    # Pass 3: every row's verdict; kept row ids in identity order, rejects to Parquet.
+
+def _count_identities(
+    chunks: ChunkTables, config: PrepConfig, workdir: Path
+) -> tuple[pa.StringArray, np.ndarray, list[Path]]:
+    """Pass 1: (identity names, images each keeps after the per-identity rules, hash buckets
+    holding every usable row's hash)."""
+    num_buckets = 1 << max(0, int(np.ceil(np.log2(max(chunks.total_rows, 1) / ROWS_PER_BUCKET))))
+    buckets = [workdir / f"hash-bucket-{index:05d}.bin" for index in range(num_buckets)]
+    for path in buckets:
+        path.write_bytes(b"")
+    name_parts: list[pa.Array] = []
+    count_parts: list[np.ndarray] = []
+    base = 0
+    for batch in _identity_batches(chunks):
+        codes, local_names = _codes(batch, base)
+        base += len(local_names)
+        name_parts.append(local_names)
+        _, counted = _identity_verdict(batch, codes, config)
+        count_parts.append(np.bincount(codes[counted] - codes[0], minlength=len(local_names)))
+        _append_to_buckets(buckets, batch, codes, counted)
+    names = pa.concat_arrays(name_parts) if name_parts else pa.array([], pa.string())
+    counts = np.concatenate(count_parts).astype(np.int64) if count_parts else np.zeros(0, np.int64)
+    return names, counts, buckets
+
+
+def _label_conflicts(buckets: list[Path], counts: np.ndarray) -> np.ndarray:
+    """Pass 2, one hash bucket at a time: the sorted row ids of label conflicts; `counts`
+    loses each conflicted image it had counted."""
+    conflicted: list[np.ndarray] = []
+    for path in buckets:
+        rows = np.fromfile(path, dtype=_BUCKET_ROW)
+        path.unlink()
+        is_conflict = conflicting_rows((rows["low"], rows["middle"], rows["high"]), rows["code"])
+        conflicted.append(rows["row_id"][is_conflict])
+        np.subtract.at(counts, rows["code"][is_conflict & rows["counted"]], 1)
+    return np.sort(np.concatenate(conflicted)) if conflicted else np.zeros(0, np.int64)
+
+
+def _write_verdicts(
+    chunks: ChunkTables,
+    config: PrepConfig,
+    workdir: Path,
+    is_kept: np.ndarray,
+    conflicted_ids: np.ndarray,
+    extra_rejects: pa.Table | None,
+) -> dict[str, int]:
+    """Pass 3: each row's verdict; kept row ids (identity order) to kept-rows.int64, rejects
+    to rejects.parquet. Returns the reject count per reason."""
     reasons: Counter[str] = Counter()
-    kept_file = workdir / "kept-rows.int64"
     with (
-        open(kept_file, "wb") as kept_out,
+        open(workdir / "kept-rows.int64", "wb") as kept_out,
         pq.ParquetWriter(workdir / "rejects.parquet", REJECT_SCHEMA) as rejects_out,
     ):
 
@@ -286,15 +316,13 @@ def make_plan(
             base += len(local_names)
             verdict, _ = _identity_verdict(batch, codes, config)
             row_ids = batch.column("row_id").to_numpy()
-            reason = np.array([None] * batch.num_rows, dtype=object)
-            for value, text in IDENTITY_REASONS.items():
-                reason[verdict == value] = text
-            error = batch.column("error").to_numpy(zero_copy_only=False)
-            chosen = (verdict == KEEP) & (reason == None)  # noqa: E711 (elementwise)
-            reason[chosen & (error != None)] = error[chosen & (error != None)]  # noqa: E711
-            reason[(reason == None) & ~is_kept[codes]] = REASON_FEW_IMAGES  # noqa: E711
-            reason[np.isin(row_ids, conflicted_ids)] = REASON_CONFLICT
-            keep = reason == None  # noqa: E711
+            reason = _row_reasons(
+                verdict,
+                batch.column("error").to_numpy(zero_copy_only=False),
+                is_kept[codes],
+                np.isin(row_ids, conflicted_ids),
+            )
+            keep = _is_none(reason)
             row_ids[keep].astype(np.int64).tofile(kept_out)
             rejected = np.flatnonzero(~keep)
             reject(
@@ -306,20 +334,27 @@ def make_plan(
                     }
                 )
             )
-    if kept_file.stat().st_size != 8 * int(offsets[-1]):
-        raise AssertionError("planner: the two passes over the chunks disagree")
-    shard_order, shards = _pack_shards(counts, class_codes, config)
-    return Plan(
-        workdir=workdir,
-        names=names,
-        counts=counts,
-        class_of=class_of,
-        offsets=offsets,
-        class_codes=class_codes,
-        shard_order=shard_order,
-        shards=shards,
-        rejected_by_reason=dict(sorted(reasons.items())),
-    )
+    return dict(sorted(reasons.items()))
+
+
+def _row_reasons(
+    verdict: np.ndarray, error: np.ndarray, identity_kept: np.ndarray, is_conflict: np.ndarray
+) -> np.ndarray:
+    """Each row's reject reason (None: kept). One reason a row, the first that applies:
+    label conflict, the per-identity rules, a decode failure, too few images left."""
+    reason = np.full(len(verdict), None, dtype=object)
+    reason[~identity_kept] = REASON_FEW_IMAGES
+    failed = (verdict == KEEP) & ~_is_none(error)
+    reason[failed] = error[failed]
+    for value, text in IDENTITY_REASONS.items():
+        reason[verdict == value] = text
+    reason[is_conflict] = REASON_CONFLICT
+    return reason
+
+
+def _is_none(values: np.ndarray) -> np.ndarray:
+    """Elementwise `is None` of an object array."""
+    return np.frompyfunc(lambda value: value is None, 1, 1)(values).astype(bool)
 
 
 def _identity_batches(chunks: ChunkTables, on_failed=None) -> Iterator[pa.Table]:
