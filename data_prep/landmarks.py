@@ -26,7 +26,7 @@ REASON_BAD_ROW = "bad landmark row"
 TEXT_COLUMNS = ["path", "identity", *POINT_COLUMNS, *BOX_COLUMNS]
 # What pyarrow's CSV reader reads as null in a number column (its default null_values).
 NULL_SPELLINGS = frozenset(pacsv.ConvertOptions().null_values)
-BLOCK_ROWS = 65536
+BLOCK_ROWS = 16384
 
 TABLE_SCHEMA = pa.schema(
     [("path", pa.string()), ("identity", pa.string()), ("landmarks", pa.list_(pa.float64(), 10))]
