@@ -22,7 +22,7 @@ class TaskRunner:
         self.config = config
         self._ray = None
         self._started_ray = False
-        self._remote: dict[tuple[Callable, float], Any] = {}
+        self._remote: dict[Callable, Any] = {}
 
     def __enter__(self) -> TaskRunner:
         if self.config.executor == "ray":
@@ -56,19 +56,16 @@ class TaskRunner:
             return 1
         return max(1, int(self._ray.cluster_resources().get("CPU", 1)))
 
-    def map(self, fn: Callable, args_iter: Iterable[tuple], cpus: float = 1.0) -> Iterator[Any]:
-        """fn(*args) for each args, results in completion order (inline: in order).
-
-        `cpus` per task: below 1 for tasks that mostly wait on storage, so more run at once.
-        """
+    def map(self, fn: Callable, args_iter: Iterable[tuple]) -> Iterator[Any]:
+        """fn(*args) for each args, results in completion order (inline: in order)."""
         if self._ray is None:
             for args in args_iter:
                 yield fn(*args)
             return
-        remote = self._remote.get((fn, cpus))
+        remote = self._remote.get(fn)
         if remote is None:
-            remote = self._remote[(fn, cpus)] = self._ray.remote(num_cpus=cpus)(fn)
-        max_in_flight = 2 * int(self.parallelism / cpus)
+            remote = self._remote[fn] = self._ray.remote(num_cpus=1)(fn)
+        max_in_flight = 2 * self.parallelism
         pending: list = []
         for args in args_iter:
             pending.append(remote.remote(*args))

@@ -239,9 +239,7 @@ def _write_shards(runner: TaskRunner, plan: Plan, pending, config: PrepConfig) -
     )  # fmt: skip
     samples = {f"{spec.name}.tar": spec.samples for spec in pending}
     work = ((spec.name, plan.shard_rows(spec), config) for spec in pending)
-    # Copying faces into tars waits on storage about as much as it computes (read, write,
-    # fsync): two shard tasks per CPU keep the CPUs busy, and a small set's last shards in step.
-    for stats in runner.map(write_shard, work, cpus=0.5):
+    for stats in runner.map(write_shard, work):
         bar.update(samples[stats["name"]])
     bar.close()
 
