@@ -154,8 +154,8 @@ def landmark_problem(
     points: np.ndarray, size: tuple[int, int], template: str
 ) -> tuple[str | None, float | None, np.ndarray | None]:
     """(reject reason or None, face size in source pixels, alignment matrix) for five points."""
-    width, height = size
-    if (points < 0).any() or (points[:, 0] > width - 1).any() or (points[:, 1] > height - 1).any():
+    (left, top), (right, bottom) = points.min(axis=0), points.max(axis=0)
+    if min(left, top) < 0 or right > size[0] - 1 or bottom > size[1] - 1:
         return REASON_OUTSIDE, None, None
     try:
         matrix = alignment_matrix(points, template)

@@ -39,6 +39,7 @@ MANIFEST_SCHEMA = pa.schema(
 )
 
 
+WRITE_SAMPLES = 256  # samples per write to the tar
 _FACE_SCHEMA = pa.schema(
     [("source", pa.string()), ("sha1", pa.binary(20)), ("jpg", pa.binary()), ("json", pa.binary())]
 )
@@ -70,14 +71,15 @@ def write_shard(name: str, rows: pa.Table, config: PrepConfig) -> dict:
     keys, classes = rows.column("key").to_pylist(), rows.column("class").to_pylist()
     with store.atomic_output(tar_name(name)) as handle:
         writer = ShardTarWriter(handle)
-        for key, class_index, jpg, provenance in zip(
-            keys, classes, faces.column("jpg").to_pylist(), faces.column("json").to_pylist(),
-            strict=True,
-        ):  # fmt: skip
-            if jpg is None:
-                raise RuntimeError(f"shard {name}: sample {key} has no processed face")
-            writer.write_sample(
-                key, {"jpg": jpg, "cls": str(class_index).encode(), "json": provenance}
+        jpgs, provenances = faces.column("jpg").to_pylist(), faces.column("json").to_pylist()
+        for start in range(0, len(keys), WRITE_SAMPLES):
+            batch = range(start, min(len(keys), start + WRITE_SAMPLES))
+            missing = [keys[n] for n in batch if jpgs[n] is None]
+            if missing:
+                raise RuntimeError(f"shard {name}: sample {missing[0]} has no processed face")
+            writer.write_samples(
+                (keys[n], {"jpg": jpgs[n], "cls": b"%d" % classes[n], "json": provenances[n]})
+                for n in batch
             )
         writer.close()
     width, height = aligned_size(config)
@@ -110,6 +112,14 @@ def write_shard(name: str, rows: pa.Table, config: PrepConfig) -> dict:
     return stats
 
 
+def _open_chunk(store: OutputStore, name: str) -> pa.NativeFile:
+    """Locally a memory map: batches are zero-copy, so only the faces taken are read (a shard
+    holds a few rows of most 64-row batches); elsewhere a random-access file."""
+    if store.is_local:
+        return pa.memory_map(store.path(name))
+    return store.fs.open_input_file(store.path(name))
+
+
 def _read_faces(store: OutputStore, config: PrepConfig, row_ids: np.ndarray) -> pa.Table:
     """(source, sha1, jpg, json) of each row id, in the given order, from the chunk files."""
     chunks, rows = row_ids >> ROW_BITS, row_ids & ((1 << ROW_BITS) - 1)
@@ -117,7 +127,7 @@ def _read_faces(store: OutputStore, config: PrepConfig, row_ids: np.ndarray) -> 
     for chunk in np.unique(chunks):
         wanted = np.flatnonzero(chunks == chunk)
         batches = np.unique(rows[wanted] // BATCH_ROWS)
-        with store.fs.open_input_file(store.path(chunk_name(config, int(chunk)))) as handle:
+        with _open_chunk(store, chunk_name(config, int(chunk))) as handle:
             reader = ipc.open_file(handle)
             read = pa.Table.from_batches(
                 [
