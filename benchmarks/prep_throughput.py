@@ -7,9 +7,12 @@ Ray gets CPUs, doing only decode -> align (arcface 112x112) -> JPEG-encode of ev
 header checks + decode/align/encode, plan, shard tars, manifests, dataset.json). Runs are
 interleaved so load changes hit both sides; ratios use medians and back-to-back pairs. Also
 shown: run_prep's time per phase, and `image_library` pil vs opencv per image in one process.
-Images: real LFW (../shared/data/lfw, all of it by default) when present, else synthetic.
+Images: real LFW (../shared/data/lfw, all of it by default: 150x150 JPEGs, small enough that
+everything but the pixel work weighs most) when present, else synthetic; then the same faces
+enlarged to 250x250 (CASIA-WebFace's size) as a second set.
 
-    python benchmarks/prep_throughput.py [--images N] [--workers N] [--repeats 5] [--quick]
+    python benchmarks/prep_throughput.py [--images N] [--workers N] [--repeats 5]
+        [--enlarge 250 ...] [--quick]
 """
 
 from __future__ import annotations
@@ -95,22 +98,107 @@ def _pool_work(item: tuple[str, list[float]]) -> int:
     return len(jpg)
 
 
+def _enlarged(root: Path, landmarks_file: Path, workdir: Path, side: int) -> tuple[Path, Path]:
+    """The same faces resized to side x side (landmarks scaled): a CASIA-size proxy."""
+    from PIL import Image
+
+    from data_prep.landmarks import read_landmarks
+
+    points = read_landmarks(landmarks_file)
+    out = workdir / f"faces-{side}"
+    lines = []
+    for relpath, p in sorted(points.items()):
+        with Image.open(root / relpath) as image:
+            scale = side / image.width
+            (out / relpath).parent.mkdir(parents=True, exist_ok=True)
+            image.convert("RGB").resize((side, side), Image.Resampling.BICUBIC).save(
+                out / relpath, quality=95
+            )
+        lines.append(relpath + " " + " ".join(f"{v:.3f}" for v in (p * scale).ravel()) + "\n")
+    (workdir / f"landmarks-{side}.txt").write_text("".join(lines))
+    return out, workdir / f"landmarks-{side}.txt"
+
+
+def _compare(root: Path, landmarks_file: Path, workdir: Path, args) -> dict:
+    """Interleaved timings of the bare Pool and run_prep on one image set."""
+    from data_prep.config import PrepConfig
+    from data_prep.executor import TaskRunner
+    from data_prep.landmarks import read_landmarks
+    from data_prep.run import run_prep
+
+    points = read_landmarks(landmarks_file)
+    items = [(relpath, p.ravel().tolist()) for relpath, p in sorted(points.items())]
+
+    def config(out: Path) -> PrepConfig:
+        return PrepConfig(
+            source=str(root),
+            out=str(out),
+            landmarks=str(landmarks_file),
+            workers=args.workers,
+            progress=False,
+        )
+
+    base = config(workdir / "unused")
+    times: dict[str, list[float]] = {"pool_bare": [], "run_prep": []}
+    summaries = []
+    with (
+        # spawn: forking a process that already runs Ray (a test session) is unsafe.
+        get_context("spawn").Pool(args.workers, initializer=_pool_init, initargs=(base,)) as pool,
+        TaskRunner(base),  # run_prep below finds this Ray running and uses it
+    ):
+        # Warm-up: every worker process started and every import done on both sides.
+        list(pool.imap_unordered(_pool_work, items, chunksize=16))
+        run_prep(config(workdir / "warm"))
+        shutil.rmtree(workdir / "warm")
+        for repeat in range(args.repeats):
+            start = time.perf_counter()
+            list(pool.imap_unordered(_pool_work, items, chunksize=16))
+            times["pool_bare"].append(time.perf_counter() - start)
+
+            start = time.perf_counter()
+            summaries.append(run_prep(config(workdir / f"full-{repeat}")))
+            times["run_prep"].append(time.perf_counter() - start)
+            shutil.rmtree(workdir / f"full-{repeat}")
+    return {"items": items, "base": base, "times": times, "summaries": summaries}
+
+
+def _per_image_by_library(root: Path, measured: dict) -> list[tuple[str, float, int]]:
+    from data_prep.faces import process_image
+    from data_prep.images import read_file
+
+    sample = measured["items"][:300]
+    blobs = [(read_file(root / relpath), p) for relpath, p in sample]
+    rows = []
+    for library in ("pil", "opencv"):
+        try:
+            library_config = measured["base"].model_copy(update={"image_library": library})
+            for _ in range(2):  # the first pass warms caches and imports
+                start = time.perf_counter()
+                for data, p in blobs:
+                    process_image(data, p, library_config, "bench")
+                seconds = time.perf_counter() - start
+            rows.append((f"image_library: {library}", seconds, len(sample)))
+        except ImportError:
+            rows.append((f"image_library: {library} (not installed)", float("nan"), len(sample)))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=None, help="default: all of LFW (or 4000)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--enlarge",
+        type=int,
+        nargs="*",
+        default=[250],
+        help="also measure the same faces resized to these sides (default 250: CASIA's size)",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (smoke run)")
     args = parser.parse_args(argv)
     if args.quick:
         args.images, args.repeats = 200, 1
-
-    from data_prep.config import PrepConfig
-    from data_prep.executor import TaskRunner
-    from data_prep.faces import process_image
-    from data_prep.images import read_file
-    from data_prep.landmarks import read_landmarks
-    from data_prep.run import run_prep
 
     workdir = Path(tempfile.mkdtemp(prefix="prep-bench-"))
     try:
@@ -118,99 +206,75 @@ def main(argv: list[str] | None = None) -> str:
             root, landmarks_file, what = _lfw_subset(workdir, args.images)
         else:
             root, landmarks_file, what = _synthetic(workdir, args.images or 4000)
-        points = read_landmarks(landmarks_file)
-        items = [(relpath, p.ravel().tolist()) for relpath, p in sorted(points.items())]
-
-        def config(out: Path) -> PrepConfig:
-            return PrepConfig(
-                source=str(root),
-                out=str(out),
-                landmarks=str(landmarks_file),
-                workers=args.workers,
-                progress=False,
+        sets = [(what, root, landmarks_file)]
+        for side in args.enlarge:
+            enlarged_root, enlarged_landmarks = _enlarged(root, landmarks_file, workdir, side)
+            sets.append(
+                (f"the same faces enlarged to {side}x{side}", enlarged_root, enlarged_landmarks)
             )
-
-        base = config(workdir / "unused")
-        times: dict[str, list[float]] = {"pool_bare": [], "run_prep": []}
-        summaries = []
-        with (
-            # spawn: forking a process that already runs Ray (a test session) is unsafe.
-            get_context("spawn").Pool(
-                args.workers, initializer=_pool_init, initargs=(base,)
-            ) as pool,
-            TaskRunner(base),  # run_prep below finds this Ray running and uses it
-        ):
-            # Warm-up: every worker process started and every import done on both sides.
-            list(pool.imap_unordered(_pool_work, items, chunksize=16))
-            run_prep(config(workdir / "warm"))
-            for repeat in range(args.repeats):
-                start = time.perf_counter()
-                list(pool.imap_unordered(_pool_work, items, chunksize=16))
-                times["pool_bare"].append(time.perf_counter() - start)
-
-                start = time.perf_counter()
-                summaries.append(run_prep(config(workdir / f"full-{repeat}")))
-                times["run_prep"].append(time.perf_counter() - start)
-                shutil.rmtree(workdir / f"full-{repeat}")
-
-        serial = []
-        sample = items[: min(len(items), 300)]
-        blobs = [(read_file(root / relpath), p) for relpath, p in sample]
-        for library in ("pil", "opencv"):
-            try:
-                library_config = base.model_copy(update={"image_library": library})
-                for _ in range(2):  # the first pass warms caches and imports
-                    start = time.perf_counter()
-                    for data, p in blobs:
-                        process_image(data, p, library_config, "bench")
-                    seconds = time.perf_counter() - start
-                serial.append((f"image_library: {library}", seconds))
-            except ImportError:
-                serial.append((f"image_library: {library} (not installed)", float("nan")))
+        measured = [(name, _compare(r, lm, workdir, args)) for name, r, lm in sets]
+        serial = _per_image_by_library(root, measured[0][1])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    return _report(measured, serial, args)
 
-    count = len(items)
-    median = {name: statistics.median(values) for name, values in times.items()}
-    best = {name: min(values) for name, values in times.items()}
-    rows = [
-        ("multiprocessing.Pool: decode-align-encode only, nothing written (baseline)", "pool_bare"),
-        ("**facetrain run_prep on Ray, end to end**", "run_prep"),
-    ]
-    last = summaries[-1]
+
+def _report(measured: list[tuple[str, dict]], serial, args) -> str:
+    first = measured[0][1]["summaries"][-1]
     lines = [
         "## Prep throughput: run_prep vs a bare multiprocessing.Pool",
         "",
-        f"{what}; {args.workers} processes on each side; {args.repeats} interleaved runs. The "
-        "baseline only reads, decodes, aligns and encodes each face; run_prep also lists, hashes, "
-        f"dedupes, plans and writes {sum(last.splits[s]['shards'] for s in last.splits)} shard "
-        "tars and the manifests. Ratios use medians (bests swing more on a shared machine).",
+        f"{measured[0][0]}; {args.workers} processes on each side; {args.repeats} interleaved runs "
+        "per image set. The baseline only reads, decodes, aligns and encodes each face; run_prep "
+        f"also lists, hashes, dedupes, plans and writes the shard tars ({sum(v['shards'] for v in first.splits.values())} "
+        "at the default shard_size) and the manifests. Ratios use medians (bests swing more on a "
+        "shared machine).",
         "",
-        "| method | images | median s | best s | images/s (median) | throughput vs baseline (median) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| images | method | count | median s | best s | images/s (median) | vs baseline (median) | paired runs: median (range) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
+    for name, result in measured:
+        times, count = result["times"], len(result["items"])
+        median = {key: statistics.median(values) for key, values in times.items()}
+        best = {key: min(values) for key, values in times.items()}
+        paired = [p / o for p, o in zip(times["pool_bare"], times["run_prep"], strict=True)]
+        for label, key in (
+            (
+                "multiprocessing.Pool: decode-align-encode only, nothing written (baseline)",
+                "pool_bare",
+            ),
+            ("**facetrain run_prep on Ray, end to end**", "run_prep"),
+        ):
+            ratio = f"{median['pool_bare'] / median[key]:.2f}x"
+            pairs = (
+                f"**{statistics.median(paired):.2f}x** ({min(paired):.2f}-{max(paired):.2f})"
+                if key == "run_prep"
+                else ""
+            )
+            lines.append(
+                f"| {name} | {label} | {count} | {median[key]:.2f} | {best[key]:.2f} "
+                f"| {count / median[key]:.0f} | {ratio} | {pairs} |"
+            )
+    lines += ["", "Target: >= 0.9x. run_prep time by phase (median over runs, s):", ""]
+    for name, result in measured:
+        summaries = result["summaries"]
+        lines.append(
+            f"- {name}: "
+            + ", ".join(
+                f"{phase} {statistics.median(s.phase_seconds[phase] for s in summaries):.2f}"
+                for phase in summaries[-1].phase_seconds
+            )
+        )
+    lines += ["", "All runs (s):", ""]
+    for name, result in measured:
+        lines.append(
+            f"- {name}: "
+            + "; ".join(
+                f"{key} " + ", ".join(f"{t:.2f}" for t in values)
+                for key, values in result["times"].items()
+            )
+        )
     lines += [
-        f"| {name} | {count} | {median[key]:.2f} | {best[key]:.2f} | {count / median[key]:.0f} "
-        f"| {median['pool_bare'] / median[key]:.2f}x |"
-        for name, key in rows
-    ]
-    paired = [pool / ours for pool, ours in zip(times["pool_bare"], times["run_prep"], strict=True)]
-    lines += [
-        "",
-        f"run_prep vs Pool, median of the {len(paired)} paired runs (each pair back to back): "
-        f"**{statistics.median(paired):.2f}x** (range {min(paired):.2f}-{max(paired):.2f}; "
-        "target >= 0.9x).",
-        "",
-        "run_prep time by phase (median over runs, s): "
-        + ", ".join(
-            f"{phase} {statistics.median(s.phase_seconds[phase] for s in summaries):.2f}"
-            for phase in last.phase_seconds
-        ),
-        "",
-        "All runs (s): "
-        + "; ".join(
-            f"{name} " + ", ".join(f"{t:.2f}" for t in values) for name, values in times.items()
-        ),
         "",
         "Per-image work (decode, align, encode) by image library, one process, same images:",
         "",
@@ -218,10 +282,10 @@ def main(argv: list[str] | None = None) -> str:
         "|---|---:|---:|---:|",
     ]
     lines += [
-        f"| {name} | {len(sample)} | {seconds:.3f} | {len(sample) / seconds:.0f} |"
-        for name, seconds in serial
+        f"| {name} | {count} | {seconds:.3f} | {count / seconds:.0f} |"
+        for name, seconds, count in serial
     ]
-    pool_runs = times["pool_bare"]
+    pool_runs = measured[0][1]["times"]["pool_bare"]
     spread = (
         statistics.pstdev(pool_runs) / statistics.mean(pool_runs) if len(pool_runs) > 1 else 0.0
     )

@@ -14,8 +14,9 @@ def test_prep_throughput_quick_run_reports_a_table(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARK.parent))
     module = importlib.import_module("prep_throughput")
     report = module.main(["--quick", "--workers", "2"])  # starts and stops its own local Ray
-    assert "| method | images | median s | best s |" in report
+    assert "| images | method | count | median s | best s |" in report
     assert "facetrain run_prep on Ray, end to end" in report and "run_prep time by phase" in report
+    assert "enlarged to 250x250" in report
 
 
 def test_plan_memory_quick_run_reports_a_table(monkeypatch):
