@@ -123,6 +123,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str, kind: str, spec: dic
         run = _classifier_rank if kind == "classifier" else _triplet_rank
         result = run(rank, world, spec, group)
         (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
+        if group is not None:
+            # A rank that tears gloo down while its peer still talks to it aborts that peer
+            # ("terminate called without an active exception").
+            dist.barrier()
     finally:
         if group is not None:
             dist.destroy_process_group()
