@@ -1,9 +1,9 @@
-"""Listing a source as a stream of scan chunks: an image folder (with or without a landmark
+"""Listing a source as a stream of chunks: an image folder (with or without a landmark
 list) or an insightface .rec/.idx pair.
 
 The driver holds folder names and one identity's entries, never images: a landmark list is
 sorted on disk once (external_sort) and merged back identity by identity. Each chunk carries
-about `images_per_scan_task` entries to a scan task.
+about `images_per_scan_task` entries to a process task.
 """
 
 from __future__ import annotations
