@@ -52,13 +52,13 @@ def chunk_name(config: PrepConfig, index: int) -> str:
 def process_chunk(index: int, chunk: Chunk, config: PrepConfig) -> pa.Table:
     """Scan (and, unless a dry run, encode) chunk `index`; return its planner columns."""
     rows = []
-    for item in _with_local_verdicts(chunk, config):
-        row = dict(item.scanned.row, error=None, jpg=None, json=None)
-        if item.encode and not config.dry_run:
+    for scanned, encode in _with_local_verdicts(chunk, config):
+        row = dict(scanned.row, error=None, jpg=None, json=None)
+        if encode and not config.dry_run:
             try:
                 jpg, _, matrix = process_image(
-                    item.scanned.data, row["landmarks"], config, row["source"],
-                    header=item.scanned.header, matrix=item.scanned.matrix,
+                    scanned.data, row["landmarks"], config, row["source"],
+                    header=scanned.header, matrix=scanned.matrix,
                 )  # fmt: skip
                 row["jpg"], row["json"] = jpg, _provenance(row, matrix, config)
             except ImageError as err:
@@ -90,14 +90,7 @@ def read_plan_input(store: OutputStore, config: PrepConfig, index: int) -> pa.Ta
         return ipc.open_file(handle, options=options).read_all()
 
 
-class _Verdict:
-    __slots__ = ("scanned", "encode")
-
-    def __init__(self, scanned: Scanned, encode: bool) -> None:
-        self.scanned, self.encode = scanned, encode
-
-
-def _with_local_verdicts(chunk: Chunk, config: PrepConfig) -> Iterator[_Verdict]:
+def _with_local_verdicts(chunk: Chunk, config: PrepConfig) -> Iterator[tuple[Scanned, bool]]:
     """Each scanned image, and whether to encode it.
 
     A folder chunk holds whole identities, so the per-identity filters (duplicates, small
@@ -107,7 +100,7 @@ def _with_local_verdicts(chunk: Chunk, config: PrepConfig) -> Iterator[_Verdict]
     scanned = scan_images(chunk, config)
     if not isinstance(chunk, FolderChunk):
         for item in scanned:
-            yield _Verdict(item, item.row["reason"] is None)
+            yield item, item.row["reason"] is None
         return
     # Whole identities are judged together, GROUP_ROWS rows or more at a time (one vectorised
     # call instead of one per identity; only that many images' bytes are held).
@@ -120,7 +113,7 @@ def _with_local_verdicts(chunk: Chunk, config: PrepConfig) -> Iterator[_Verdict]
     yield from _judge(pending, config)
 
 
-def _judge(items: list[Scanned], config: PrepConfig) -> Iterator[_Verdict]:
+def _judge(items: list[Scanned], config: PrepConfig) -> Iterator[tuple[Scanned, bool]]:
     usable = [item.row for item in items if item.row["reason"] is None]
     codes = pc.dictionary_encode(pa.array([row["identity"] for row in usable], pa.string()))
     verdict = iter(
@@ -132,7 +125,7 @@ def _judge(items: list[Scanned], config: PrepConfig) -> Iterator[_Verdict]:
         )
     )
     for item in items:
-        yield _Verdict(item, item.row["reason"] is None and next(verdict) == KEEP)
+        yield item, item.row["reason"] is None and next(verdict) == KEEP
 
 
 def _provenance(row: dict, matrix: np.ndarray | None, config: PrepConfig) -> bytes:
