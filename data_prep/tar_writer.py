@@ -1,9 +1,9 @@
 """WebDataset tar writing at the speed of the bytes: plain ustar headers packed directly.
 
-`tarfile.addfile` (what `webdataset.TarWriter` calls) spends about 30 us of Python per member
-on copies and generic header code; a shard sample has three members, which was a third of the
-per-image cost of prep on 150x150 faces. The headers here are the ones `tarfile` writes in
-USTAR format for the same fields (tests compare them byte for byte), so every tar reader,
+`webdataset.TarWriter` (over `tarfile.addfile`) spends about 21 us per member on copies and
+generic header code; this writer about 6 us, its SHA-256 included (6.5 KB faces, measured),
+and a shard sample has three members. The headers are the ones `tarfile` writes in USTAR
+format for the same fields (tests compare them byte for byte), so every tar reader,
 webdataset's included, reads the output.
 """
 
