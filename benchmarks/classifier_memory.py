@@ -28,10 +28,9 @@ import psutil
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from facetrain.losses import LOSS_TYPES, TripletLoss
+from facetrain.losses.distributed import gather_batch
 from tqdm import tqdm
-
-from losses import LOSS_TYPES, TripletLoss
-from losses.distributed import gather_batch
 
 MIB = 2**20
 

@@ -79,8 +79,8 @@ def devtrain_view(lfw: Path, people: dict[str, int], view: Path) -> tuple[Path, 
 
 
 def prep(images: Path, landmarks: Path, shards: Path, min_images: int, workers: int):
-    from data_prep import run_prep
-    from data_prep.config import PrepConfig
+    from facetrain.data_prep import run_prep
+    from facetrain.data_prep.config import PrepConfig
 
     config = PrepConfig(
         source=str(images), landmarks=str(landmarks), out=str(shards), min_images=min_images,
@@ -120,9 +120,9 @@ def train_one(
 ) -> tuple[str, float]:
     import shutil
 
-    from jobs.config import save_resolved, validate
-    from jobs.demo.run import run_train_cli
-    from pipeline.config import TrainConfig
+    from facetrain.jobs.cli.config import save_resolved, validate
+    from facetrain.jobs.demo.run import run_train_cli
+    from facetrain.pipeline.config import TrainConfig
 
     loss = OBJECTIVES.get(
         name, OBJECTIVES["asoftmax+triplet"]
@@ -147,8 +147,7 @@ def calibrate_steps(args: argparse.Namespace, shards: Path, tracking_uri: str) -
     import copy
 
     import mlflow
-
-    from jobs.demo.run import ensure_experiment
+    from facetrain.jobs.demo.run import ensure_experiment
 
     calibration = copy.copy(args)
     calibration.steps = 60
@@ -174,9 +173,8 @@ def _quiet_echo(text: str) -> None:
 
 def evaluate(run_id: str, lfw: Path, tracking_uri: str, workers: int):
     import mlflow
-
-    from pipeline.eval import load_model, log_verification, run_verification
-    from pipeline.eval.config import EvalOptions
+    from facetrain.pipeline.eval import load_model, log_verification, run_verification
+    from facetrain.pipeline.eval.config import EvalOptions
 
     mlflow.set_tracking_uri(tracking_uri)
     model = load_model(run_id, device="cpu").module
@@ -351,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> str:
             )
     args.out.mkdir(parents=True, exist_ok=True)
     tracking_uri = args.tracking_uri or f"sqlite:///{(args.out / 'mlflow.db').resolve()}"
-    from jobs.demo.run import ensure_experiment
+    from facetrain.jobs.demo.run import ensure_experiment
 
     ensure_experiment(tracking_uri, EXPERIMENT, (args.out / "mlartifacts").resolve())
 

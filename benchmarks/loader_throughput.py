@@ -27,13 +27,12 @@ import numpy as np
 import psutil
 import torch
 import webdataset as wds
+from facetrain.pipeline.config import DataConfig
+from facetrain.pipeline.data.loader import build_loader
+from facetrain.pipeline.data.shards import read_dataset_index
+from facetrain.pipeline.data.transforms import normalize_batch, to_tensor
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-
-from pipeline.config import DataConfig
-from pipeline.data.loader import build_loader
-from pipeline.data.shards import read_dataset_index
-from pipeline.data.transforms import normalize_batch, to_tensor
 
 LFW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw" / "images"
 

@@ -65,9 +65,9 @@ def _measure(root: str, landmark_file: str, mode: str) -> dict:
     import gc
     import resource
 
-    from data_prep.config import PrepConfig
-    from data_prep.landmarks import read_landmark_table
-    from data_prep.sources import iter_chunks, open_source
+    from facetrain.data_prep.config import PrepConfig
+    from facetrain.data_prep.landmarks import read_landmark_table
+    from facetrain.data_prep.sources import iter_chunks, open_source
 
     gc.collect()
     baseline = _resident_mib()

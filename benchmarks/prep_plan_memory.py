@@ -29,8 +29,7 @@ def _chunk(index: int, images: int, per_identity: int, rng):
     """Rows [index * CHUNK_ROWS, ...) of the synthetic dataset, as the process tasks emit them."""
     import numpy as np
     import pyarrow as pa
-
-    from data_prep.plan import PLAN_INPUT_SCHEMA
+    from facetrain.data_prep.plan import PLAN_INPUT_SCHEMA
 
     first = index * CHUNK_ROWS
     rows = np.arange(first, min(images, first + CHUNK_ROWS))
@@ -74,9 +73,8 @@ def _measure(images: int, per_identity: int) -> dict:
     import resource
 
     import numpy as np
-
-    from data_prep.config import PrepConfig
-    from data_prep.plan import ChunkFiles, make_plan
+    from facetrain.data_prep.config import PrepConfig
+    from facetrain.data_prep.plan import ChunkFiles, make_plan
 
     with tempfile.TemporaryDirectory(prefix="plan-memory-") as scratch:
         chunks = ChunkFiles(Path(scratch) / "chunks")

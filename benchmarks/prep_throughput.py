@@ -34,7 +34,7 @@ LFW = REPO.parent / "shared" / "data" / "lfw"
 
 def _lfw_subset(workdir: Path, images: int | None) -> tuple[Path, Path, str]:
     """LFW identities (whole folders, in name order) up to `images` images (None: all)."""
-    from data_prep.landmarks import read_landmarks
+    from facetrain.data_prep.landmarks import read_landmarks
 
     points = read_landmarks(LFW / "landmarks.txt")
     root = workdir / "faces"
@@ -57,9 +57,8 @@ def _lfw_subset(workdir: Path, images: int | None) -> tuple[Path, Path, str]:
 
 
 def _synthetic(workdir: Path, images: int) -> tuple[Path, Path, str]:
+    from facetrain.data_prep.align import TEMPLATES
     from PIL import Image
-
-    from data_prep.align import TEMPLATES
 
     rng = np.random.default_rng(0)
     root = workdir / "faces"
@@ -88,8 +87,8 @@ def _pool_init(config) -> None:
 
 
 def _pool_work(item: tuple[str, list[float]]) -> int:
-    from data_prep.faces import process_image
-    from data_prep.images import read_file
+    from facetrain.data_prep.faces import process_image
+    from facetrain.data_prep.images import read_file
 
     relpath, points = item
     jpg, _, _ = process_image(
@@ -100,9 +99,8 @@ def _pool_work(item: tuple[str, list[float]]) -> int:
 
 def _enlarged(root: Path, landmarks_file: Path, workdir: Path, side: int) -> tuple[Path, Path]:
     """The same faces resized to side x side (landmarks scaled): a CASIA-size proxy."""
+    from facetrain.data_prep.landmarks import read_landmarks
     from PIL import Image
-
-    from data_prep.landmarks import read_landmarks
 
     points = read_landmarks(landmarks_file)
     out = workdir / f"faces-{side}"
@@ -121,10 +119,10 @@ def _enlarged(root: Path, landmarks_file: Path, workdir: Path, side: int) -> tup
 
 def _compare(root: Path, landmarks_file: Path, workdir: Path, args) -> dict:
     """Interleaved timings of the bare Pool and run_prep on one image set."""
-    from data_prep.config import PrepConfig
-    from data_prep.executor import TaskRunner
-    from data_prep.landmarks import read_landmarks
-    from data_prep.run import run_prep
+    from facetrain.data_prep.config import PrepConfig
+    from facetrain.data_prep.executor import TaskRunner
+    from facetrain.data_prep.landmarks import read_landmarks
+    from facetrain.data_prep.run import run_prep
 
     points = read_landmarks(landmarks_file)
     items = [(relpath, p.ravel().tolist()) for relpath, p in sorted(points.items())]
@@ -163,8 +161,8 @@ def _compare(root: Path, landmarks_file: Path, workdir: Path, args) -> dict:
 
 
 def _per_image_by_library(root: Path, measured: dict) -> list[tuple[str, float, int]]:
-    from data_prep.faces import process_image
-    from data_prep.images import read_file
+    from facetrain.data_prep.faces import process_image
+    from facetrain.data_prep.images import read_file
 
     sample = measured["items"][:300]
     blobs = [(read_file(root / relpath), p) for relpath, p in sample]

@@ -34,11 +34,10 @@ def _rank(rank: int, world: int, port: int, args: dict, out_dir: str) -> None:
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
+    from facetrain.pipeline.config import TrainConfig
+    from facetrain.pipeline.models import build_backbone
+    from facetrain.pipeline.train.trainer import Trainer
     from torch.nn.parallel import DistributedDataParallel
-
-    from pipeline.config import TrainConfig
-    from pipeline.models import build_backbone
-    from pipeline.trainer import Trainer
 
     batch, classes, emb = args["batch"], args["classes"], 128
     gen = torch.Generator().manual_seed(rank)
@@ -113,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         "rounds": args.rounds,
         "warmup": 1,
     }
-    from pipeline.run import free_port
+    from facetrain.pipeline.train.launch import free_port
 
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     with tempfile.TemporaryDirectory() as out_dir:

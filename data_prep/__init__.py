@@ -8,13 +8,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from data_prep.config import PrepConfig
-    from data_prep.run import PrepSummary
+    from facetrain.data_prep.config import PrepConfig
+    from facetrain.data_prep.run import PrepSummary
 
 
 def run_prep(config: PrepConfig) -> PrepSummary:
     """Run (or resume, or skip as already done) one prep job; see data_prep.run."""
-    from data_prep.run import run_prep as _run_prep
+    from facetrain.data_prep.run import run_prep as _run_prep
 
     return _run_prep(config)
 

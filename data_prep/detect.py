@@ -12,8 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from data_prep.errors import PrepInputError
+from facetrain.data_prep.errors import PrepInputError
 
 EXTRA = "detect"
 REASON_NO_FACE = "no face detected"

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from data_prep.config import PrepConfig
+from facetrain.data_prep.config import PrepConfig
 
 
 class TaskRunner:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from facetrain.data_prep.align import alignment_matrix, get_template, transform_scale, warp_affine
+from facetrain.data_prep.config import PrepConfig
+from facetrain.data_prep.images import decode_rgb, encode_jpeg, open_image
 from PIL import Image
-
-from data_prep.align import alignment_matrix, get_template, transform_scale, warp_affine
-from data_prep.config import PrepConfig
-from data_prep.images import decode_rgb, encode_jpeg, open_image
 
 
 def process_image(
@@ -38,7 +37,7 @@ def process_image(
     # Decoding at 1/2..1/8 is lossless for the crop as long as the face keeps >= output size.
     max_reduction = int(min(8, 2 ** math.floor(math.log2(1 / scale)))) if scale < 0.5 else 1
     if config.image_library == "opencv":
-        from data_prep import opencv_ops
+        from facetrain.data_prep import opencv_ops
 
         pixels, reduction = opencv_ops.decode_bgr(data, header, name, max_reduction)
     else:

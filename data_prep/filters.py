@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-
-from data_prep.config import PrepConfig
+from facetrain.data_prep.config import PrepConfig
 
 REASON_DUPLICATE = "duplicate within identity"
 REASON_CONFLICT = "label conflict (same image under several identities)"

@@ -17,8 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-
-from data_prep.align import ARCFACE_112
+from facetrain.data_prep.align import ARCFACE_112
 
 POINT_COLUMNS = [f"{axis}{i}" for i in range(1, 6) for axis in ("x", "y")]
 BOX_COLUMNS = ["left", "top", "width", "height"]

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from facetrain.data_prep.images import REASON_CORRUPT, ImageError, decode_rgb
 from PIL import Image
-
-from data_prep.images import REASON_CORRUPT, ImageError, decode_rgb
 
 # One task = one CPU: OpenCV's own thread pool would oversubscribe the cores Ray hands out.
 cv2.setNumThreads(1)

@@ -31,10 +31,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
-
-from data_prep.config import PrepConfig
-from data_prep.errors import PrepInputError
-from data_prep.filters import (
+from facetrain.data_prep.config import PrepConfig
+from facetrain.data_prep.errors import PrepInputError
+from facetrain.data_prep.filters import (
     IDENTITY_REASONS,
     KEEP,
     REASON_CONFLICT,

@@ -17,15 +17,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
-
-from data_prep.config import PrepConfig
-from data_prep.faces import process_image
-from data_prep.filters import KEEP, identity_rejects
-from data_prep.images import ImageError
-from data_prep.plan import PLAN_INPUT_SCHEMA
-from data_prep.scan import SCAN_SCHEMA, Scanned, scan_images
-from data_prep.sources import Chunk, FolderChunk
-from data_prep.storage import OutputStore
+from facetrain.data_prep.config import PrepConfig
+from facetrain.data_prep.faces import process_image
+from facetrain.data_prep.filters import KEEP, identity_rejects
+from facetrain.data_prep.images import ImageError
+from facetrain.data_prep.plan import PLAN_INPUT_SCHEMA
+from facetrain.data_prep.scan import SCAN_SCHEMA, Scanned, scan_images
+from facetrain.data_prep.sources import Chunk, FolderChunk
+from facetrain.data_prep.storage import OutputStore
 
 BATCH_ROWS = 64
 GROUP_ROWS = 64

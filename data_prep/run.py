@@ -24,18 +24,17 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from facetrain.data_prep.align import get_template
+from facetrain.data_prep.config import PrepConfig
+from facetrain.data_prep.errors import PrepInputError
+from facetrain.data_prep.executor import TaskRunner
+from facetrain.data_prep.landmarks import REASON_BAD_ROW
+from facetrain.data_prep.plan import REJECT_SCHEMA, SPLITS, ChunkFiles, Plan, make_plan
+from facetrain.data_prep.process import chunk_folder, chunk_name, process_chunk, read_plan_input
+from facetrain.data_prep.shards import MANIFEST_SCHEMA, is_done, read_part, write_shard
+from facetrain.data_prep.sources import Chunk, iter_chunks, open_source
+from facetrain.data_prep.storage import OutputStore, is_url
 from tqdm import tqdm
-
-from data_prep.align import get_template
-from data_prep.config import PrepConfig
-from data_prep.errors import PrepInputError
-from data_prep.executor import TaskRunner
-from data_prep.landmarks import REASON_BAD_ROW
-from data_prep.plan import REJECT_SCHEMA, SPLITS, ChunkFiles, Plan, make_plan
-from data_prep.process import chunk_folder, chunk_name, process_chunk, read_plan_input
-from data_prep.shards import MANIFEST_SCHEMA, is_done, read_part, write_shard
-from data_prep.sources import Chunk, iter_chunks, open_source
-from data_prep.storage import OutputStore, is_url
 
 FORMAT = "facetrain-shards/1"
 

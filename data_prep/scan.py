@@ -14,13 +14,12 @@ from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
-
-from data_prep.align import alignment_matrix, get_template, transform_scale
-from data_prep.config import PrepConfig
-from data_prep.images import ImageError, decode_rgb, open_image, read_file
-from data_prep.landmarks import box_to_landmarks
-from data_prep.recordio import IndexedRecordFile, RecordIOError
-from data_prep.sources import Chunk, FolderChunk, RecChunk
+from facetrain.data_prep.align import alignment_matrix, get_template, transform_scale
+from facetrain.data_prep.config import PrepConfig
+from facetrain.data_prep.images import ImageError, decode_rgb, open_image, read_file
+from facetrain.data_prep.landmarks import box_to_landmarks
+from facetrain.data_prep.recordio import IndexedRecordFile, RecordIOError
+from facetrain.data_prep.sources import Chunk, FolderChunk, RecChunk
 
 REASON_NO_LANDMARKS = "no landmarks"
 REASON_OUTSIDE = "landmarks outside image"
@@ -86,7 +85,7 @@ def _scan_folder(chunk: FolderChunk, config: PrepConfig):
     root = Path(chunk.root)
     detector = None
     if config.detect and config.align != "none":
-        from data_prep.detect import require_detector
+        from facetrain.data_prep.detect import require_detector
 
         detector = require_detector()
     for entry in chunk.entries:
@@ -136,7 +135,7 @@ def detected_landmarks(image, name: str, detector) -> tuple[tuple[float, ...] | 
 
     The points are the template's placed in the face box, as for a manifest's box column.
     """
-    from data_prep.detect import choose_main_face, crop_box, find_faces
+    from facetrain.data_prep.detect import choose_main_face, crop_box, find_faces
 
     width, height = image.size
     # Large JPEGs are detected on a reduced decode (libjpeg scaling); boxes are scaled back.

@@ -15,13 +15,12 @@ import json
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
-
-from data_prep.config import PrepConfig
-from data_prep.faces import aligned_size
-from data_prep.plan import ROW_BITS
-from data_prep.process import BATCH_ROWS, chunk_name
-from data_prep.storage import OutputStore
-from data_prep.tar_writer import ShardTarWriter
+from facetrain.data_prep.config import PrepConfig
+from facetrain.data_prep.faces import aligned_size
+from facetrain.data_prep.plan import ROW_BITS
+from facetrain.data_prep.process import BATCH_ROWS, chunk_name
+from facetrain.data_prep.storage import OutputStore
+from facetrain.data_prep.tar_writer import ShardTarWriter
 
 MANIFEST_SCHEMA = pa.schema(
     [

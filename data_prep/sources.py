@@ -17,12 +17,16 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from data_prep.config import PrepConfig
-from data_prep.errors import PrepInputError
-from data_prep.external_sort import RUN_ROWS, RunWriter, merge_runs, outer_join
-from data_prep.landmarks import BLOCK_ROWS, iter_landmark_blocks
-from data_prep.recordio import IndexedRecordFile, RecordIOError, index_path_for, read_index
+from facetrain.data_prep.config import PrepConfig
+from facetrain.data_prep.errors import PrepInputError
+from facetrain.data_prep.external_sort import RUN_ROWS, RunWriter, merge_runs, outer_join
+from facetrain.data_prep.landmarks import BLOCK_ROWS, iter_landmark_blocks
+from facetrain.data_prep.recordio import (
+    IndexedRecordFile,
+    RecordIOError,
+    index_path_for,
+    read_index,
+)
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,7 @@ def open_source(config: PrepConfig) -> Source:
 
 def _check_detection(path: Path, config: PrepConfig) -> None:
     """--detect is for unaligned image folders, and needs its extra installed (exit 2 else)."""
-    from data_prep.detect import require_detector
+    from facetrain.data_prep.detect import require_detector
 
     if path.suffix == ".rec":
         raise PrepInputError(

@@ -4,12 +4,12 @@ Every loss has the contract `forward(embeddings, labels) -> scalar` and takes a 
 (a torch.distributed process group, or None for one process). See docs/losses.md.
 """
 
-from losses.asoftmax import ASoftmaxLoss
-from losses.center import CenterLoss
-from losses.registry import LOSS_TYPES, build_loss
-from losses.sharding import merge_shards, reshard, shard_range, slice_rows
-from losses.softmax import SoftmaxLoss
-from losses.triplet import TripletLoss
+from facetrain.losses.asoftmax import ASoftmaxLoss
+from facetrain.losses.center import CenterLoss
+from facetrain.losses.registry import LOSS_TYPES, build_loss
+from facetrain.losses.sharding import merge_shards, reshard, shard_range, slice_rows
+from facetrain.losses.softmax import SoftmaxLoss
+from facetrain.losses.triplet import TripletLoss
 
 __all__ = [
     "LOSS_TYPES",

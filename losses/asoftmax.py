@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from facetrain.losses.classifier import ShardedClassifierLoss
+from facetrain.losses.distributed import ProcessGroup
+from facetrain.losses.margins import check_margin, sphereface_lambda, sphereface_psi
 from torch import Tensor
-
-from losses.classifier import ShardedClassifierLoss
-from losses.distributed import ProcessGroup
-from losses.margins import check_margin, sphereface_lambda, sphereface_psi
 
 
 class ASoftmaxLoss(ShardedClassifierLoss):

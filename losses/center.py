@@ -10,11 +10,15 @@ of class j applies that update from every sample of j in the global batch.
 from __future__ import annotations
 
 import torch
+from facetrain.losses.checks import check_batch, check_label_range
+from facetrain.losses.distributed import (
+    ProcessGroup,
+    gather_batch,
+    rank_and_world,
+    sum_across_ranks,
+)
+from facetrain.losses.sharding import ClassShardedMixin, shard_range
 from torch import Tensor, nn
-
-from losses.checks import check_batch, check_label_range
-from losses.distributed import ProcessGroup, gather_batch, rank_and_world, sum_across_ranks
-from losses.sharding import ClassShardedMixin, shard_range
 
 
 class CenterLoss(ClassShardedMixin, nn.Module):

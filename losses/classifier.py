@@ -8,13 +8,12 @@ A subclass only says how logits are made from the global batch and its (sampled)
 from __future__ import annotations
 
 import torch
+from facetrain.losses.checks import check_batch, check_label_range
+from facetrain.losses.cross_entropy import sharded_cross_entropy
+from facetrain.losses.distributed import ProcessGroup, gather_batch, rank_and_world
+from facetrain.losses.sampling import remap_target_cols, sample_local_classes
+from facetrain.losses.sharding import ClassShardedMixin, init_class_rows, shard_range
 from torch import Tensor, nn
-
-from losses.checks import check_batch, check_label_range
-from losses.cross_entropy import sharded_cross_entropy
-from losses.distributed import ProcessGroup, gather_batch, rank_and_world
-from losses.sampling import remap_target_cols, sample_local_classes
-from losses.sharding import ClassShardedMixin, init_class_rows, shard_range
 
 # Partial FC's initialisation: small enough that the first logits are near zero.
 WEIGHT_INIT_STD = 0.01

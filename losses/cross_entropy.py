@@ -12,9 +12,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from facetrain.losses.distributed import ProcessGroup, rank_and_world
 from torch import Tensor
-
-from losses.distributed import ProcessGroup, rank_and_world
 
 
 class _ShardedCrossEntropy(torch.autograd.Function):

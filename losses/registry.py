@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from facetrain.losses.asoftmax import ASoftmaxLoss
+from facetrain.losses.center import CenterLoss
+from facetrain.losses.softmax import SoftmaxLoss
+from facetrain.losses.triplet import TripletLoss
 from torch import nn
-
-from losses.asoftmax import ASoftmaxLoss
-from losses.center import CenterLoss
-from losses.softmax import SoftmaxLoss
-from losses.triplet import TripletLoss
 
 LOSS_TYPES: dict[str, type[nn.Module]] = {
     "softmax": SoftmaxLoss,

@@ -25,15 +25,14 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Generator, Tensor, nn
-
-from losses.checks import check_batch
-from losses.distributed import ProcessGroup, rank_and_world
-from losses.mining import (
+from facetrain.losses.checks import check_batch
+from facetrain.losses.distributed import ProcessGroup, rank_and_world
+from facetrain.losses.mining import (
     pairwise_squared_distances,
     semihard_negative_cols,
     triplet_masks,
 )
+from torch import Generator, Tensor, nn
 
 
 class Selection(NamedTuple):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
+from facetrain.losses.classifier import ShardedClassifierLoss
+from facetrain.losses.distributed import ProcessGroup
 from torch import Tensor, nn
-
-from losses.classifier import ShardedClassifierLoss
-from losses.distributed import ProcessGroup
 
 
 class SoftmaxLoss(ShardedClassifierLoss):

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
-from losses.checks import check_batch
-from losses.distributed import (
+from facetrain.losses.checks import check_batch
+from facetrain.losses.distributed import (
     ProcessGroup,
     gather_batch,
     sum_across_ranks,
 )
-from losses.mining import MINING_MODES, pairwise_squared_distances, triplet_masks
+from facetrain.losses.mining import MINING_MODES, pairwise_squared_distances, triplet_masks
+from torch import Tensor, nn
 
 
 class TripletLoss(nn.Module):

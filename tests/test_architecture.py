@@ -14,32 +14,64 @@ FORBIDDEN = {
     "data_prep": {"pipeline", "jobs"},
     "pipeline": {"jobs"},
 }
+SOURCE_DIRS = (*PACKAGES, "benchmarks", "tests", "facetrain", "configs")
 
 
-def _imported_top_levels(path: Path) -> set[str]:
+def _python_files(*folders: str) -> list[Path]:
+    return [path for folder in folders for path in sorted((ROOT / folder).rglob("*.py"))]
+
+
+def _imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(module, names) for each absolute import; `import a.b` gives ("a.b", [])."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    names = set()
+    found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
+            found += [(alias.name, []) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
-    return names
+            found.append((node.module, [alias.name for alias in node.names]))
+    return found
+
+
+def _project_packages(path: Path) -> set[str]:
+    """The facetrain subpackages a file imports (`facetrain.pipeline.x` -> "pipeline")."""
+    packages = set()
+    for module, names in _imports(path):
+        parts = module.split(".")
+        if parts[0] != "facetrain":
+            continue
+        if len(parts) > 1:
+            packages.add(parts[1])
+        else:
+            packages.update(names)
+    return packages
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_package_imports_respect_layers(package):
     offenders = [
-        f"{path.relative_to(ROOT)} imports {sorted(_imported_top_levels(path) & FORBIDDEN[package])}"
-        for path in (ROOT / package).rglob("*.py")
-        if _imported_top_levels(path) & FORBIDDEN[package]
+        f"{path.relative_to(ROOT)} imports {sorted(_project_packages(path) & FORBIDDEN[package])}"
+        for path in _python_files(package)
+        if _project_packages(path) & FORBIDDEN[package]
+    ]
+    assert not offenders, offenders
+
+
+def test_nothing_imports_the_old_top_level_names():
+    """Installed, only `facetrain` exists: `import pipeline` would pick up PyPI's `pipeline`
+    or a user's own module, so every import goes through facetrain.*."""
+    offenders = [
+        f"{path.relative_to(ROOT)}: {module}"
+        for path in _python_files(*SOURCE_DIRS)
+        for module, _ in _imports(path)
+        if module.split(".")[0] in PACKAGES
     ]
     assert not offenders, offenders
 
 
 def test_importing_losses_pulls_in_no_heavy_framework():
     code = (
-        "import sys, losses\n"
+        "import sys, facetrain.losses\n"
         "heavy = {'ray', 'mlflow', 'deepspeed', 'webdataset'} & {m.split('.')[0] for m in sys.modules}\n"
         "print(sorted(heavy))"
     )

@@ -2,8 +2,7 @@ import subprocess
 import sys
 
 import pytest
-
-from jobs.cli import COMMANDS, build_parser, main
+from facetrain.jobs.cli import COMMANDS, build_parser, main
 
 
 def _command_names() -> list[str]:
@@ -27,7 +26,7 @@ def test_help_of_each_subcommand_exits_zero(name, capsys):
 
 def test_console_script_help_runs_in_a_fresh_process():
     done = subprocess.run(
-        [sys.executable, "-c", "from jobs.cli import main; raise SystemExit(main(['--help']))"],
+        [sys.executable, "-c", "from facetrain.jobs.cli import main; raise SystemExit(main(['--help']))"],
         capture_output=True, text=True,
     )
     assert done.returncode == 0
@@ -35,7 +34,7 @@ def test_console_script_help_runs_in_a_fresh_process():
 
 
 def test_doctor_reports_pil_torch_deepspeed_ray_mlflow(capsys):
-    from jobs.cli.doctor import collect
+    from facetrain.jobs.cli.doctor import collect
 
     rows = dict(collect())
     for component in ("PIL", "torch", "deepspeed", "ray", "mlflow"):

@@ -1,8 +1,7 @@
 import pytest
 import yaml
+from facetrain.jobs.cli.config import ConfigError, apply_overrides, load_config, save_resolved
 from pydantic import BaseModel, ConfigDict
-
-from jobs.config import ConfigError, apply_overrides, load_config, save_resolved
 
 
 class Inner(BaseModel):

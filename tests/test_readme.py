@@ -5,8 +5,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-
-from jobs.cli import build_parser
+from facetrain.jobs.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,9 +10,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from jobs.cli import demo, doctor, embed, eval_cmd, export, prep, submit, train
-from jobs.cli.common import UsageError
-from jobs.config import ConfigError
+from facetrain.jobs.cli import demo, doctor, embed, eval_cmd, export, prep, submit, train
+from facetrain.jobs.cli.common import UsageError
+from facetrain.jobs.cli.config import ConfigError
 
 COMMANDS = (prep, train, eval_cmd, embed, export, submit, doctor, demo)
 

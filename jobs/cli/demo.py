@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jobs.cli.common import UsageError, add_config_options
+from facetrain.jobs.cli.common import UsageError, add_config_options
 
 # Shipped inside the package, so an installed (non-editable) facetrain has its demo too.
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "demo" / "demo.yaml"
@@ -40,8 +40,8 @@ def register(subparsers) -> None:
 
 
 def load_demo_config(path: str | Path | None, overrides: list[str], quick: bool):
-    from jobs.config import apply_overrides, load_config, read_yaml, validate
-    from jobs.demo.config import DemoConfig
+    from facetrain.jobs.cli.config import apply_overrides, load_config, read_yaml, validate
+    from facetrain.jobs.demo.config import DemoConfig
 
     path = Path(path) if path else DEFAULT_CONFIG
     if not quick:
@@ -52,10 +52,9 @@ def load_demo_config(path: str | Path | None, overrides: list[str], quick: bool)
 
 
 def run(args: argparse.Namespace) -> int:
+    from facetrain.jobs.demo.report import print_report
+    from facetrain.jobs.demo.run import run_demo
     from rich.console import Console
-
-    from jobs.demo.report import print_report
-    from jobs.demo.run import run_demo
 
     config = load_demo_config(args.config, args.overrides, args.quick)
     if args.landmarks and not args.data:

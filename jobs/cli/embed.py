@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from jobs.cli.common import UsageError, add_config_options
+from facetrain.jobs.cli.common import UsageError, add_config_options
 
 
 def register(subparsers) -> None:
@@ -28,8 +28,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jobs.config import load_config
-    from pipeline.eval import (
+    from facetrain.jobs.cli.config import load_config
+    from facetrain.pipeline.eval import (
         EvalOptions,
         embed_keys,
         folder_source,

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from jobs.cli.common import UsageError, add_config_options
+from facetrain.jobs.cli.common import UsageError, add_config_options
 
 SKIPPED_SHOWN = 5
 
@@ -81,15 +81,15 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _options(args: argparse.Namespace):
-    from jobs.config import load_config
-    from pipeline.eval.config import EvalOptions
+    from facetrain.jobs.cli.config import load_config
+    from facetrain.pipeline.eval.config import EvalOptions
 
     return load_config(EvalOptions, args.config, args.overrides)
 
 
 def _load(args: argparse.Namespace, options):
     """(LoadedModel or None, EmbeddingTable or None) from --model / --embeddings."""
-    from pipeline.eval import load_model, read_embeddings
+    from facetrain.pipeline.eval import load_model, read_embeddings
 
     try:
         if args.embeddings:
@@ -106,10 +106,9 @@ def _default_name(path: str) -> str:
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from facetrain.pipeline.eval import log_verification, run_bin_verification, run_verification
+    from facetrain.pipeline.eval.report import verification_table, write_roc_png
     from rich.console import Console
-
-    from pipeline.eval import log_verification, run_bin_verification, run_verification
-    from pipeline.eval.report import verification_table, write_roc_png
 
     options = _options(args)
     if args.bin and (args.embeddings or args.fit_pairs):
@@ -164,8 +163,8 @@ def _embedded_table(args: argparse.Namespace, options, loaded, table, min_images
     Returns (table, skipped records of the images that could not be embedded)."""
     from collections import Counter
 
-    from pipeline.eval import embed_keys, folder_source
-    from pipeline.eval.cluster import identity_of
+    from facetrain.pipeline.eval import embed_keys, folder_source
+    from facetrain.pipeline.eval.cluster import identity_of
 
     if table is not None:
         return table, []
@@ -187,7 +186,7 @@ def _embedded_table(args: argparse.Namespace, options, loaded, table, min_images
 
 
 def run_cluster(args: argparse.Namespace) -> int:
-    from pipeline.eval import evaluate_clustering
+    from facetrain.pipeline.eval import evaluate_clustering
 
     options = _options(args)
     loaded, table = _load(args, options)
@@ -203,7 +202,7 @@ def run_cluster(args: argparse.Namespace) -> int:
 
 
 def run_identify(args: argparse.Namespace) -> int:
-    from pipeline.eval import evaluate_identification
+    from facetrain.pipeline.eval import evaluate_identification
 
     options = _options(args)
     loaded, table = _load(args, options)
@@ -219,10 +218,9 @@ def run_identify(args: argparse.Namespace) -> int:
 
 
 def _finish(args: argparse.Namespace, loaded, summary: dict, title: str, skipped: list[dict]) -> int:
+    from facetrain.pipeline.eval.report import figures_table
+    from facetrain.pipeline.eval.tracking import log_results
     from rich.console import Console
-
-    from pipeline.eval.report import figures_table
-    from pipeline.eval.tracking import log_results
 
     summary["model"] = loaded.uri if loaded else None
     summary["embeddings"] = args.embeddings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.cli.common import UsageError
+from facetrain.jobs.cli.common import UsageError
 
 
 def register(subparsers) -> None:
@@ -23,8 +23,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.eval import export_model, load_model
-    from pipeline.eval.export import ExportMismatch, available_formats
+    from facetrain.pipeline.eval import export_model, load_model
+    from facetrain.pipeline.eval.export import ExportMismatch, available_formats
 
     if args.format not in available_formats():
         raise UsageError(f"--format {args.format}: needs the `onnx` package (pip install 'facetrain[onnx]')")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jobs.cli.common import UsageError, add_config_options
+from facetrain.jobs.cli.common import UsageError, add_config_options
 
 
 def register(subparsers) -> None:
@@ -90,8 +90,8 @@ _FLAG_KEYS = (
 
 
 def build_config(args: argparse.Namespace):
-    from data_prep.config import PrepConfig
-    from jobs.config import load_config, read_yaml
+    from facetrain.data_prep.config import PrepConfig
+    from facetrain.jobs.cli.config import load_config, read_yaml
 
     tree = read_yaml(args.config) if args.config else {}
     tree.update({key: getattr(args, key) for key in _FLAG_KEYS if getattr(args, key) is not None})
@@ -118,8 +118,8 @@ def _parse_val_identities(text: str) -> int | list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_prep import run_prep
-    from data_prep.errors import PrepInputError
+    from facetrain.data_prep import run_prep
+    from facetrain.data_prep.errors import PrepInputError
 
     if args.source is None and not args.config:
         raise UsageError("SOURCE is required (an image-folder root or a .rec file)")

@@ -12,14 +12,14 @@ import argparse
 import shlex
 import sys
 
-from jobs.cli import eval_cmd, prep, train
-from jobs.cli.common import UsageError
+from facetrain.jobs.cli import eval_cmd, prep, train
+from facetrain.jobs.cli.common import UsageError
 
 # (name on the command line, CLI module whose parser is reused, Ray entrypoint module)
 TARGETS = (
-    ("prep", prep, "jobs.prep"),
-    ("train", train, "jobs.train"),
-    ("eval", eval_cmd, "jobs.eval"),
+    ("prep", prep, "facetrain.jobs.ray.prep"),
+    ("train", train, "facetrain.jobs.ray.train"),
+    ("eval", eval_cmd, "facetrain.jobs.ray.eval"),
 )
 SUBMIT_DESTS = (
     "submit_address",
@@ -151,8 +151,8 @@ def _route_to_submit(
 
 def job_command(args: argparse.Namespace, working_dir=None) -> list[str]:
     """The argv of the job (`python -m jobs.X ...`) for parsed `facetrain submit X ...` args."""
-    from jobs.submission.command_line import rebuild_argv
-    from jobs.submission.runtime_env import path_on_cluster
+    from facetrain.jobs.ray.command_line import rebuild_argv
+    from facetrain.jobs.ray.runtime_env import path_on_cluster
 
     if getattr(args, "config", None):
         args = argparse.Namespace(**vars(args))
@@ -170,8 +170,8 @@ def job_command(args: argparse.Namespace, working_dir=None) -> list[str]:
 def run_submit(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from jobs.submission.client import HeadError, default_address
-    from jobs.submission.runtime_env import build_runtime_env, project_root
+    from facetrain.jobs.ray.client import HeadError, default_address
+    from facetrain.jobs.ray.runtime_env import build_runtime_env, project_root
 
     ship = args.submit_ship or (
         "source" if args.submit_working_dir or project_root() else "installed"
@@ -214,7 +214,7 @@ def run_submit(args: argparse.Namespace) -> int:
 
 
 def run_manage(args: argparse.Namespace) -> int:
-    from jobs.submission.client import TERMINAL_STATES, HeadError, default_address
+    from facetrain.jobs.ray.client import TERMINAL_STATES, HeadError, default_address
 
     address = args.submit_address or default_address()
     try:
@@ -237,8 +237,8 @@ def run_manage(args: argparse.Namespace) -> int:
 
 
 def _connect(address: str):
-    from jobs.submission.auth import TokenError
-    from jobs.submission.client import Head
+    from facetrain.jobs.ray.auth import TokenError
+    from facetrain.jobs.ray.client import Head
 
     if not address.startswith(("http://", "https://")):
         raise UsageError(f"--address {address}: expected the dashboard URL, e.g. http://HEAD:8265")
@@ -259,7 +259,7 @@ def _env_vars(pairs: list[str]) -> dict[str, str]:
 
 
 def _fail(err: Exception) -> int:
-    from jobs.submission.client import AuthFailure
+    from facetrain.jobs.ray.client import AuthFailure
 
     print(f"facetrain submit: error: {err}", file=sys.stderr)
     return 2 if isinstance(err, AuthFailure) else 1

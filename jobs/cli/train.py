@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.cli.common import UsageError, add_config_options
+from facetrain.jobs.cli.common import UsageError, add_config_options
 
 
 def register(subparsers) -> None:
@@ -20,8 +20,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jobs.config import load_config
-    from pipeline.config import TrainConfig
+    from facetrain.jobs.cli.config import load_config
+    from facetrain.pipeline.config import TrainConfig
 
     if args.config is None:
         raise UsageError("--config FILE is required (see configs/ for examples)")
@@ -31,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
 
     import logging
 
-    from pipeline.data.shards import read_dataset_index
-    from pipeline.run import TrainingFailed, train_local
+    from facetrain.pipeline.data.shards import read_dataset_index
+    from facetrain.pipeline.train.launch import TrainingFailed, train_local
 
     try:  # a missing or unusable shard set is the user's input: exit 2 before any rank starts
         read_dataset_index(cfg.data.shards, cfg.data.split)

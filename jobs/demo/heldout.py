@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from jobs.demo.pairs import draw_pairs, format_pairs
+from facetrain.jobs.demo.pairs import draw_pairs, format_pairs
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,7 @@ class HeldOutPairs:
     pairs_file: Path | None  # LFW-format copy, when the file names allow one
 
     def pair_list(self):
-        from pipeline.eval.pairs import PairList
+        from facetrain.pipeline.eval.pairs import PairList
 
         return PairList(
             self.keys_a, self.keys_b, self.is_same, self.folds, source="held-out identities"

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from facetrain.jobs.demo.run import DemoResult
 from rich.console import Console
 from rich.table import Table
-
-from jobs.demo.run import DemoResult
 
 
 def _percent(value) -> str:

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobs.demo.config import DemoConfig
-from jobs.demo.heldout import HeldOutPairs, heldout_sources, make_heldout_pairs
+from facetrain.jobs.demo.config import DemoConfig
+from facetrain.jobs.demo.heldout import HeldOutPairs, heldout_sources, make_heldout_pairs
 
 RUN_LINE = re.compile(r"MLflow run: ([0-9a-f]{32})")
 STAGES = ("data", "prep", "pairs", "train", "eval")
@@ -118,7 +118,7 @@ def find_data(path: str | Path, landmarks: str | Path | None = None) -> tuple[Pa
 
 
 def make_synthetic(config: DemoConfig, layout: DemoLayout) -> tuple[Path, Path, dict[str, Any]]:
-    from jobs.demo.synthetic_faces import write_dataset
+    from facetrain.jobs.demo.synthetic_faces import write_dataset
 
     section = config.synthetic
     dataset = write_dataset(
@@ -129,8 +129,8 @@ def make_synthetic(config: DemoConfig, layout: DemoLayout) -> tuple[Path, Path, 
 
 
 def run_prep_stage(config: DemoConfig, images: Path, landmarks: Path, layout: DemoLayout):
-    from data_prep import run_prep
-    from data_prep.config import PrepConfig
+    from facetrain.data_prep import run_prep
+    from facetrain.data_prep.config import PrepConfig
 
     section = config.prep
     prep_config = PrepConfig(
@@ -144,8 +144,8 @@ def run_prep_stage(config: DemoConfig, images: Path, landmarks: Path, layout: De
 
 def build_train_config(config: DemoConfig, layout: DemoLayout):
     """The demo's TrainConfig: the `train` tree with this run's paths filled in (and saved)."""
-    from jobs.config import save_resolved, validate
-    from pipeline.config import TrainConfig
+    from facetrain.jobs.cli.config import save_resolved, validate
+    from facetrain.pipeline.config import TrainConfig
 
     tree = json.loads(json.dumps(config.train))  # a deep copy of plain data
     tree.setdefault("data", {})["shards"] = str(layout.shards.resolve())
@@ -171,7 +171,7 @@ def ensure_experiment(tracking_uri: str, name: str, artifacts: Path) -> str:
 
 def train_command(config_path: str | Path, nproc: int) -> list[str]:
     # The same `facetrain train` a user runs, in a fresh interpreter that launches the ranks.
-    launcher = "import sys; from jobs.cli import main; sys.exit(main())"
+    launcher = "import sys; from facetrain.jobs.cli import main; sys.exit(main())"
     return [
         sys.executable,
         "-c",
@@ -240,9 +240,8 @@ def evaluate(
     """(held-out summary of the trained model, raw-pixel baseline summary, ROC png); the first
     is logged onto the training run as `heldout/*` metrics with its ROC plot."""
     import mlflow
-
-    from pipeline.eval import load_model, log_verification, run_verification
-    from pipeline.eval.config import EvalOptions
+    from facetrain.pipeline.eval import load_model, log_verification, run_verification
+    from facetrain.pipeline.eval.config import EvalOptions
 
     mlflow.set_tracking_uri(layout.tracking_uri)
     options = EvalOptions(batch_size=64, workers=2, device="cpu")

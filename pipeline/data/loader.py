@@ -23,12 +23,11 @@ from typing import Literal
 
 import numpy as np
 import torch
+from facetrain.pipeline.config import DataConfig
+from facetrain.pipeline.data.samplers import Pick, pk_batches, shuffled_batches
+from facetrain.pipeline.data.shards import DatasetIndex, Identity, iter_identities
+from facetrain.pipeline.data.transforms import decode_rgb, hflip
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-
-from pipeline.config import DataConfig
-from pipeline.data.samplers import Pick, pk_batches, shuffled_batches
-from pipeline.data.shards import DatasetIndex, Identity, iter_identities
-from pipeline.data.transforms import decode_rgb, hflip
 
 
 class FaceBatches(IterableDataset):

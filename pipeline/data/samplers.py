@@ -22,8 +22,7 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
-
-from pipeline.data.shards import Identity
+from facetrain.pipeline.data.shards import Identity
 
 WEIGHTS = {
     "uniform": lambda count: 1.0,

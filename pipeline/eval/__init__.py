@@ -11,11 +11,11 @@ Public entry points (see docs/evaluation.md):
 Importing this package does not import torch or MLflow; the functions that need them do.
 """
 
-from pipeline.eval.bin_format import VerificationBin, read_bin, write_bin
-from pipeline.eval.cluster import evaluate_clustering
-from pipeline.eval.config import EvalOptions
-from pipeline.eval.embeddings_io import EmbeddingTable, read_embeddings, write_embeddings
-from pipeline.eval.evaluate import (
+from facetrain.pipeline.eval.bin_format import VerificationBin, read_bin, write_bin
+from facetrain.pipeline.eval.cluster import evaluate_clustering
+from facetrain.pipeline.eval.config import EvalOptions
+from facetrain.pipeline.eval.embeddings_io import EmbeddingTable, read_embeddings, write_embeddings
+from facetrain.pipeline.eval.evaluate import (
     embed_keys,
     folder_source,
     log_verification,
@@ -24,11 +24,11 @@ from pipeline.eval.evaluate import (
     verify,
     verify_bin,
 )
-from pipeline.eval.export import export_model
-from pipeline.eval.identify import evaluate_identification
-from pipeline.eval.model_ref import LoadedModel, load_model
-from pipeline.eval.pairs import PairList, read_pairs
-from pipeline.eval.verify import Verification, summarise_scores, verify_embeddings
+from facetrain.pipeline.eval.export import export_model
+from facetrain.pipeline.eval.identify import evaluate_identification
+from facetrain.pipeline.eval.model_ref import LoadedModel, load_model
+from facetrain.pipeline.eval.pairs import PairList, read_pairs
+from facetrain.pipeline.eval.verify import Verification, summarise_scores, verify_embeddings
 
 __all__ = [
     "EmbeddingTable",

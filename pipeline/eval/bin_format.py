@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.eval.pairs import DEFAULT_FOLDS, PairList, contiguous_folds
+from facetrain.pipeline.eval.pairs import DEFAULT_FOLDS, PairList, contiguous_folds
 
 # What numpy needs to rebuild arrays and scalars; everything else is refused.
 _ALLOWED_GLOBALS = {

@@ -10,8 +10,7 @@ as scikit-learn's default).
 from __future__ import annotations
 
 import numpy as np
-
-from pipeline.eval.embeddings_io import EmbeddingTable
+from facetrain.pipeline.eval.embeddings_io import EmbeddingTable
 
 LINKAGES = ("average", "complete", "single")
 MAX_CANDIDATE_THRESHOLDS = 256

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-
-from pipeline.eval.embeddings_io import EmbeddingTable
+from facetrain.pipeline.eval.embeddings_io import EmbeddingTable
 
 if TYPE_CHECKING:
     import torch
@@ -57,8 +56,8 @@ class FolderImages:
         self.template = template
 
     def load(self, key: str) -> Image.Image:
-        from data_prep.align import align_face
-        from data_prep.images import ImageError, load_rgb
+        from facetrain.data_prep.align import align_face
+        from facetrain.data_prep.images import ImageError, load_rgb
 
         points = None
         if self.landmarks is not None:
@@ -94,7 +93,7 @@ class BinImages:
         self.images = images
 
     def load(self, key: str) -> Image.Image:
-        from data_prep.images import ImageError, load_rgb
+        from facetrain.data_prep.images import ImageError, load_rgb
 
         try:
             image = load_rgb(self.images[int(key)], name=f"bin image {key}")

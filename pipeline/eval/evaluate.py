@@ -1,6 +1,6 @@
 """The evaluation entry points the CLI, the trainer and the demo call.
 
-    from pipeline.eval import verify
+    from facetrain.pipeline.eval import verify
     summary = verify(model, pairs="lfw/pairs.txt", images="lfw/images", landmarks="lfw/landmarks.txt")
 
 Each takes a torch module (or a ready EmbeddingTable) and returns the summary dict that
@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from pipeline.eval.bin_format import read_bin
-from pipeline.eval.config import EvalOptions
-from pipeline.eval.embed import BinImages, FolderImages, ImageSource, embed_images
-from pipeline.eval.embeddings_io import EmbeddingTable
-from pipeline.eval.pairs import PairList, read_pairs
-from pipeline.eval.verify import Verification, verify_embeddings
+from facetrain.pipeline.eval.bin_format import read_bin
+from facetrain.pipeline.eval.config import EvalOptions
+from facetrain.pipeline.eval.embed import BinImages, FolderImages, ImageSource, embed_images
+from facetrain.pipeline.eval.embeddings_io import EmbeddingTable
+from facetrain.pipeline.eval.pairs import PairList, read_pairs
+from facetrain.pipeline.eval.verify import Verification, verify_embeddings
 
 if TYPE_CHECKING:
     import torch
@@ -33,7 +32,7 @@ def folder_source(
 ) -> FolderImages:
     """Images under a root, aligned with a landmark file (path) or mapping when given."""
     if landmarks is not None and not isinstance(landmarks, Mapping):
-        from data_prep.landmarks import read_landmarks
+        from facetrain.data_prep.landmarks import read_landmarks
 
         landmarks = read_landmarks(landmarks)
     return FolderImages(images, landmarks, template)
@@ -129,8 +128,8 @@ def log_verification(
     import json
     import tempfile
 
-    from pipeline.eval.report import write_roc_png
-    from pipeline.eval.tracking import DEFAULT_EXPERIMENT, log_results, metric_prefix
+    from facetrain.pipeline.eval.report import write_roc_png
+    from facetrain.pipeline.eval.tracking import DEFAULT_EXPERIMENT, log_results, metric_prefix
 
     prefix = metric_prefix(name)
     with tempfile.TemporaryDirectory() as scratch:

@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
-from pipeline.eval.cluster import identity_of
-from pipeline.eval.embeddings_io import EmbeddingTable
-from pipeline.eval.metrics import l2_normalise
+from facetrain.pipeline.eval.cluster import identity_of
+from facetrain.pipeline.eval.embeddings_io import EmbeddingTable
+from facetrain.pipeline.eval.metrics import l2_normalise
 
 DEFAULT_RANKS = (1, 5)
 PROBE_CHUNK = 1024

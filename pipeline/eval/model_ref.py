@@ -66,7 +66,7 @@ def _load_path(path: Path, device: str) -> torch.nn.Module:
         with warnings.catch_warnings():  # deprecated in favour of torch.export, still supported
             warnings.simplefilter("ignore", DeprecationWarning)
             return torch.jit.load(str(path), map_location=device).eval()
-    from pipeline.checkpoint import load_backbone
+    from facetrain.pipeline.train.checkpoint import load_backbone
 
     try:
         return load_backbone(path).to(device).eval()

@@ -12,10 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-
-from pipeline.eval import metrics
-from pipeline.eval.embeddings_io import EmbeddingTable
-from pipeline.eval.pairs import PairList
+from facetrain.pipeline.eval import metrics
+from facetrain.pipeline.eval.embeddings_io import EmbeddingTable
+from facetrain.pipeline.eval.pairs import PairList
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,9 @@ stride-1 stem so a 112x112 face reaches the head as a 7x7 map after four stages.
 from __future__ import annotations
 
 import torch
+from facetrain.pipeline.models.head import EmbeddingHead
+from facetrain.pipeline.models.registry import register
 from torch import nn
-
-from pipeline.models.head import EmbeddingHead
-from pipeline.models.registry import register
 
 STAGE_WIDTHS = (64, 128, 256, 512)
 

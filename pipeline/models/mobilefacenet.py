@@ -6,9 +6,8 @@ the last map gets its own learned weight (faces are aligned: position carries me
 from __future__ import annotations
 
 import torch
+from facetrain.pipeline.models.registry import register
 from torch import nn
-
-from pipeline.models.registry import register
 
 # (expansion, output channels, repeats, stride of the first repeat), Table 1 of the paper.
 BOTTLENECKS = ((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2), (2, 128, 2, 1))

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
+from facetrain.pipeline.models.head import EmbeddingHead
+from facetrain.pipeline.models.registry import register
 from torch import nn
-
-from pipeline.models.head import EmbeddingHead
-from pipeline.models.registry import register
 
 
 class TinyCNN(nn.Module):

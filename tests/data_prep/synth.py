@@ -7,9 +7,8 @@ import struct
 from pathlib import Path
 
 import numpy as np
+from facetrain.data_prep.align import TEMPLATES
 from PIL import Image
-
-from data_prep.align import TEMPLATES
 
 MAGIC = 0xCED7230A
 

@@ -2,9 +2,7 @@
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from data_prep.align import (
+from facetrain.data_prep.align import (
     TEMPLATES,
     align_face,
     alignment_matrix,
@@ -12,6 +10,7 @@ from data_prep.align import (
     transform_points,
     warp_affine,
 )
+from PIL import Image
 
 
 def _lstsq_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

@@ -10,19 +10,18 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from PIL import Image
-
-from data_prep import run_prep
-from data_prep.align import ARCFACE_112, transform_points
-from data_prep.config import PrepConfig
-from data_prep.detect import (
+from facetrain.data_prep import run_prep
+from facetrain.data_prep.align import ARCFACE_112, transform_points
+from facetrain.data_prep.config import PrepConfig
+from facetrain.data_prep.detect import (
     REASON_NO_FACE,
     REASON_SEVERAL_FACES,
     FaceBox,
     choose_main_face,
 )
-from data_prep.landmarks import read_landmarks
-from jobs.cli import main
+from facetrain.data_prep.landmarks import read_landmarks
+from facetrain.jobs.cli import main
+from PIL import Image
 
 LFW_IMAGES = 20
 
@@ -58,9 +57,9 @@ def _lfw_sample(lfw_root) -> dict[str, np.ndarray]:
 
 
 def _detect(image: Image.Image):
-    from data_prep.detect import require_detector
-    from data_prep.images import open_image
-    from data_prep.scan import detected_landmarks
+    from facetrain.data_prep.detect import require_detector
+    from facetrain.data_prep.images import open_image
+    from facetrain.data_prep.scan import detected_landmarks
 
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")

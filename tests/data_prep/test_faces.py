@@ -4,12 +4,12 @@ import io
 
 import numpy as np
 import pytest
+from facetrain.data_prep import faces
+from facetrain.data_prep.align import TEMPLATES, align_face
+from facetrain.data_prep.config import PrepConfig
+from facetrain.data_prep.images import decode_rgb, load_rgb
 from PIL import Image
 
-from data_prep import faces
-from data_prep.align import TEMPLATES, align_face
-from data_prep.config import PrepConfig
-from data_prep.images import decode_rgb, load_rgb
 from tests.data_prep.synth import dot_centres, face_image, jpeg_bytes
 
 
@@ -84,7 +84,7 @@ def test_opencv_path_matches_the_pil_path():
 
 def test_opencv_path_refuses_a_cut_off_jpeg():
     pytest.importorskip("cv2")
-    from data_prep.images import ImageError
+    from facetrain.data_prep.images import ImageError
 
     data = jpeg_bytes(face_image(TEMPLATES["arcface"].points, (112, 112), seed=6))
     config = PrepConfig(source="s", out="o", image_library="opencv")

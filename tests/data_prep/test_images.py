@@ -5,9 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from data_prep.images import (
+from facetrain.data_prep.images import (
     REASON_BOMB,
     REASON_CORRUPT,
     REASON_EMPTY,
@@ -17,6 +15,7 @@ from data_prep.images import (
     ImageError,
     load_rgb,
 )
+from PIL import Image
 
 
 def _encode(image: Image.Image, fmt: str, **options) -> bytes:

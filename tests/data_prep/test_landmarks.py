@@ -3,9 +3,8 @@
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from data_prep.align import TEMPLATES
-from data_prep.landmarks import POINT_COLUMNS, read_landmark_table, read_landmarks
+from facetrain.data_prep.align import TEMPLATES
+from facetrain.data_prep.landmarks import POINT_COLUMNS, read_landmark_table, read_landmarks
 
 
 def test_whitespace_lines_with_bad_rows_reported(tmp_path):

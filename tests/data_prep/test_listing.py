@@ -11,12 +11,17 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from data_prep import external_sort
-from data_prep.config import PrepConfig
-from data_prep.external_sort import RunWriter, merge_runs, outer_join
-from data_prep.landmarks import POINT_COLUMNS
-from data_prep.sources import FolderEntry, Source, iter_chunks, open_source, sort_landmark_list
+from facetrain.data_prep import external_sort
+from facetrain.data_prep.config import PrepConfig
+from facetrain.data_prep.external_sort import RunWriter, merge_runs, outer_join
+from facetrain.data_prep.landmarks import POINT_COLUMNS
+from facetrain.data_prep.sources import (
+    FolderEntry,
+    Source,
+    iter_chunks,
+    open_source,
+    sort_landmark_list,
+)
 
 ON_DISK = {
     "ann": ["0.jpg", "1.jpg", "2.jpg", "3.jpg", ".DS_Store"],
@@ -202,7 +207,7 @@ def test_entries_are_folder_entries(tmp_path):
     ],
 )
 def test_bad_landmark_files_are_input_errors_naming_the_file(tmp_path, name, content):
-    from data_prep.errors import PrepInputError
+    from facetrain.data_prep.errors import PrepInputError
 
     root = _make_folder(tmp_path / "faces")
     landmark_file = tmp_path / name

@@ -11,18 +11,17 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-
-from data_prep.config import PrepConfig
-from data_prep.errors import PrepInputError
-from data_prep.filters import (
+from facetrain.data_prep.config import PrepConfig
+from facetrain.data_prep.errors import PrepInputError
+from facetrain.data_prep.filters import (
     REASON_CONFLICT,
     REASON_DUPLICATE,
     REASON_FEW_IMAGES,
     REASON_OVER_CAP,
     REASON_SMALL_FACE,
 )
-from data_prep.plan import PLAN_INPUT_SCHEMA, ROW_BITS
-from data_prep.plan import make_plan as plan_chunks
+from facetrain.data_prep.plan import PLAN_INPUT_SCHEMA, ROW_BITS
+from facetrain.data_prep.plan import make_plan as plan_chunks
 
 
 class TableChunks:

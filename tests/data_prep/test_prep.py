@@ -11,12 +11,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+from facetrain.data_prep import run_prep
+from facetrain.data_prep.align import TEMPLATES
+from facetrain.data_prep.config import PrepConfig
+from facetrain.data_prep.errors import PrepInputError
 from PIL import Image
 
-from data_prep import run_prep
-from data_prep.align import TEMPLATES
-from data_prep.config import PrepConfig
-from data_prep.errors import PrepInputError
 from tests.data_prep.synth import dot_centres
 
 

@@ -15,13 +15,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+from facetrain.data_prep import run_prep
+from facetrain.data_prep.align import alignment_matrix
+from facetrain.data_prep.config import PrepConfig
+from facetrain.data_prep.landmarks import read_landmarks
+from facetrain.jobs.cli import main
 from PIL import Image
 
-from data_prep import run_prep
-from data_prep.align import alignment_matrix
-from data_prep.config import PrepConfig
-from data_prep.landmarks import read_landmarks
-from jobs.cli import main
 from tests.data_prep.synth import jpeg_bytes, make_folder_dataset, write_landmark_lines, write_rec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -189,7 +189,7 @@ def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
     ]
     out = tmp_path / "crashed"
     code = (
-        f"from jobs.cli import main; raise SystemExit(main({['prep', *args, '--out', str(out)]!r}))"
+        f"from facetrain.jobs.cli import main; raise SystemExit(main({['prep', *args, '--out', str(out)]!r}))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO)
@@ -241,8 +241,8 @@ def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
 
 
 def test_default_config_file_validates_and_flags_override_it(tmp_path):
-    from jobs.cli import build_parser
-    from jobs.cli.prep import build_config
+    from facetrain.jobs.cli import build_parser
+    from facetrain.jobs.cli.prep import build_config
 
     args = build_parser().parse_args(
         [
@@ -263,7 +263,8 @@ def test_default_config_file_validates_and_flags_override_it(tmp_path):
 
 
 def test_csv_manifest_with_identities_points_and_boxes_and_sphereface(tmp_path):
-    from data_prep.align import TEMPLATES
+    from facetrain.data_prep.align import TEMPLATES
+
     from tests.data_prep.synth import dot_centres
 
     landmarks = make_folder_dataset(tmp_path / "faces", {"a": 3, "b": 2}, seed=4)
@@ -297,7 +298,7 @@ def test_csv_manifest_with_identities_points_and_boxes_and_sphereface(tmp_path):
 
 
 def test_listing_is_streamed_in_bounded_chunks(tmp_path):
-    from data_prep.sources import iter_chunks, open_source
+    from facetrain.data_prep.sources import iter_chunks, open_source
 
     counts = {f"p{n}": 1 + n % 3 for n in range(12)}
     landmarks = make_folder_dataset(tmp_path / "faces", counts, seed=5, canvas=(120, 130))

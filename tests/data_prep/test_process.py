@@ -10,13 +10,13 @@ import numpy as np
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
+from facetrain.data_prep import run_prep
+from facetrain.data_prep.config import PrepConfig
+from facetrain.data_prep.process import chunk_name, process_chunk
+from facetrain.data_prep.sources import iter_chunks, open_source
+from facetrain.data_prep.storage import OutputStore
 from PIL import Image
 
-from data_prep import run_prep
-from data_prep.config import PrepConfig
-from data_prep.process import chunk_name, process_chunk
-from data_prep.sources import iter_chunks, open_source
-from data_prep.storage import OutputStore
 from tests.data_prep.synth import jpeg_bytes, make_folder_dataset, write_landmark_lines, write_rec
 
 
@@ -84,7 +84,7 @@ def test_resume_with_another_chunk_size_equals_a_clean_run(
     def crash(*args, **kwargs):
         raise RuntimeError("killed while writing shards")
 
-    monkeypatch.setattr("data_prep.run.write_shard", crash)
+    monkeypatch.setattr("facetrain.data_prep.run.write_shard", crash)
     with pytest.raises(RuntimeError, match="killed"):
         run_prep(config)
     monkeypatch.undo()

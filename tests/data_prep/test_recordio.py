@@ -4,9 +4,9 @@ import struct
 
 import numpy as np
 import pytest
+from facetrain.data_prep.recordio import MAGIC, IndexedRecordFile, RecordIOError, read_index, unpack
 from PIL import Image
 
-from data_prep.recordio import MAGIC, IndexedRecordFile, RecordIOError, read_index, unpack
 from tests.data_prep.synth import jpeg_bytes, write_rec
 
 

@@ -6,8 +6,7 @@ import tarfile
 
 import pytest
 import webdataset as wds
-
-from data_prep.tar_writer import ShardTarWriter, ustar_header
+from facetrain.data_prep.tar_writer import ShardTarWriter, ustar_header
 
 
 def _samples() -> list[tuple[str, dict[str, bytes]]]:

@@ -3,8 +3,7 @@
 from pathlib import Path
 
 import pytest
-
-from jobs.submission.auth import ClusterToken, TokenError, describe_auth_failure, find_token
+from facetrain.jobs.ray.auth import ClusterToken, TokenError, describe_auth_failure, find_token
 
 
 def _home_with_token(tmp_path: Path, text: str | None) -> Path:

@@ -3,8 +3,7 @@
 import argparse
 
 import pytest
-
-from jobs.submission.command_line import rebuild_argv
+from facetrain.jobs.ray.command_line import rebuild_argv
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-LAUNCH = "import sys; from jobs.cli import main; sys.exit(main())"
+LAUNCH = "import sys; from facetrain.jobs.cli import main; sys.exit(main())"
 
 
 def _facetrain(*args: str, timeout: float) -> subprocess.CompletedProcess:
@@ -65,7 +65,7 @@ def test_quick_demo_trains_and_verifies_held_out_identities(tmp_path):
     heldout = summary["heldout"]
     for key in ("accuracy", "accuracy_std", "auc", "eer", "threshold", "tar_at_far", "pairs"):
         assert key in heldout
-    from jobs.cli.demo import load_demo_config
+    from facetrain.jobs.cli.demo import load_demo_config
 
     quick = load_demo_config(None, [], quick=True)  # the sizes `--quick` ran at
     assert heldout["pairs"] == quick.pairs.folds * 2 * quick.pairs.pairs_per_fold

@@ -6,9 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from jobs.demo.heldout import heldout_sources, make_heldout_pairs
-from pipeline.eval.pairs import read_pairs
+from facetrain.jobs.demo.heldout import heldout_sources, make_heldout_pairs
+from facetrain.pipeline.eval.pairs import read_pairs
 
 
 def _manifest(folder, rows):

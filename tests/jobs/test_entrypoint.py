@@ -1,6 +1,6 @@
 """Ray entrypoints attach to the cluster of the job they run in, unless told otherwise."""
 
-from jobs.entrypoint import with_cluster_address
+from facetrain.jobs.ray.entrypoint import with_cluster_address
 
 
 def test_inside_a_ray_job_the_cluster_is_used(monkeypatch):

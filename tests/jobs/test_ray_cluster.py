@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from facetrain.jobs.cli import main
 from PIL import Image
 
-from jobs.cli import main
 from tests.jobs.ray_head import start_head, stop_head
 
 pytestmark = pytest.mark.slow
@@ -103,7 +103,7 @@ def test_prep_job_on_the_cluster_matches_an_inline_run(head, prepped, token_env,
     assert code == 0, stderr + stdout
     job_id = stdout.splitlines()[0]
     assert job_id.startswith("raysubmit_")
-    assert "python -m jobs.prep" in stderr
+    assert "python -m facetrain.jobs.ray.prep" in stderr
 
     # The independent reference: the same prep in this process, without Ray.
     out_inline = tmp_path / "shards-inline"
@@ -153,9 +153,9 @@ def test_train_job_runs_two_ray_train_workers_on_the_prepped_shards(
     )
     captured = capsys.readouterr()
     assert code == 0, captured.err + captured.out[-4000:]
-    assert "python -m jobs.train" in captured.err and "--nproc=2" in captured.err
+    assert "python -m facetrain.jobs.ray.train" in captured.err and "--nproc=2" in captured.err
     assert "2 Ray Train worker(s), CPU (gloo)" in captured.out
-    assert "jobs.train: 3 steps on 2 workers" in captured.out
+    assert "facetrain.jobs.ray.train: 3 steps on 2 workers" in captured.out
     run_ids = [
         line.split(": ", 1)[1]
         for line in captured.out.splitlines()
@@ -212,7 +212,7 @@ def test_missing_or_wrong_token_is_one_line(head, token_env, monkeypatch, token)
         [
             sys.executable,
             "-c",
-            "from jobs.cli import main; raise SystemExit(main())",
+            "from facetrain.jobs.cli import main; raise SystemExit(main())",
             "submit",
             "status",
             "raysubmit_x",

@@ -4,8 +4,8 @@ when the client has a token at hand (the head ignores it); `--ship installed` up
 from __future__ import annotations
 
 import pytest
+from facetrain.jobs.cli import main
 
-from jobs.cli import main
 from tests.jobs.ray_head import start_head, stop_head
 from tests.jobs.test_ray_cluster import IDENTITIES, make_faces
 
@@ -49,7 +49,7 @@ def test_dry_run_prep_job_with_a_stray_token_and_installed_facetrain(
     )
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "python -m jobs.prep" in captured.err
+    assert "python -m facetrain.jobs.ray.prep" in captured.err
     for identity in IDENTITIES:
         assert identity in captured.out  # the dry run's per-identity counts, from the job's logs
     assert not (out / "dataset.json").exists()  # a dry run writes nothing

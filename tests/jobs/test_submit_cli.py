@@ -6,8 +6,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
-from jobs.cli import main
+from facetrain.jobs.cli import main
 
 JOB = "raysubmit_test0001"
 
@@ -39,7 +38,7 @@ class _Head:
                         "type": "SUBMISSION",
                         "submission_id": JOB,
                         "status": "FAILED",
-                        "entrypoint": "python -m jobs.prep",
+                        "entrypoint": "python -m facetrain.jobs.ray.prep",
                         "driver_exit_code": 2,
                     }
                     self._reply(200, "application/json", json.dumps(body).encode())

@@ -4,10 +4,9 @@ import argparse
 from pathlib import Path
 
 import pytest
-
-from jobs.cli import build_parser
-from jobs.cli.submit import SUBMIT_DESTS, job_command
-from jobs.submission.runtime_env import (
+from facetrain.jobs.cli import build_parser
+from facetrain.jobs.cli.submit import SUBMIT_DESTS, job_command
+from facetrain.jobs.ray.runtime_env import (
     SHIP_EXCLUDES,
     build_runtime_env,
     path_on_cluster,

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from jobs.demo.pairs import write_pairs
-from jobs.demo.synthetic_faces import (
+from facetrain.jobs.demo.pairs import write_pairs
+from facetrain.jobs.demo.synthetic_faces import (
     MARKER_COLOURS,
     identity_traits,
     image_variation,
     render_faces,
     write_dataset,
 )
+from PIL import Image
 
 
 def _batch(seed, keys, size=128, markers=False):

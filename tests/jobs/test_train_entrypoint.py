@@ -1,8 +1,7 @@
 """How `python -m jobs.train` sizes its Ray Train worker group."""
 
 import pytest
-
-from jobs.train import Scaling, choose_scaling
+from facetrain.jobs.ray.train import Scaling, choose_scaling
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,10 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from facetrain.jobs.cli import build_parser
+from facetrain.jobs.cli.config import load_config
+from facetrain.pipeline.config import TrainConfig
 
-from jobs.cli import build_parser
-from jobs.config import load_config
-from pipeline.config import TrainConfig
 from tests.k8s.crd_schema import crd_json_schema, validation_errors
 from tests.k8s.kustomize import render
 

@@ -2,9 +2,9 @@ import math
 
 import pytest
 import torch
+from facetrain.losses import ASoftmaxLoss
+from facetrain.losses.margins import cos_multiple_angle, sphereface_lambda, sphereface_psi
 
-from losses import ASoftmaxLoss
-from losses.margins import cos_multiple_angle, sphereface_lambda, sphereface_psi
 from tests.losses import references
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
+from facetrain.losses import CenterLoss
 
-from losses import CenterLoss
 from tests.losses import references
 
 

@@ -14,8 +14,15 @@ import zlib
 import pytest
 import torch
 import torch.distributed as dist
+from facetrain.losses import (
+    ASoftmaxLoss,
+    CenterLoss,
+    SoftmaxLoss,
+    TripletLoss,
+    merge_shards,
+    shard_range,
+)
 
-from losses import ASoftmaxLoss, CenterLoss, SoftmaxLoss, TripletLoss, merge_shards, shard_range
 from tests.dist import run_ranks
 from tests.losses import references
 

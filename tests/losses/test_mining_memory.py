@@ -2,9 +2,8 @@
 
 import pytest
 import torch
+from facetrain.losses import TripletLoss
 from torch.utils._python_dispatch import TorchDispatchMode
-
-from losses import TripletLoss
 
 
 class LargestTensor(TorchDispatchMode):

@@ -1,7 +1,6 @@
 import pytest
 import torch
-
-from losses import (
+from facetrain.losses import (
     ASoftmaxLoss,
     CenterLoss,
     SoftmaxLoss,
@@ -12,7 +11,7 @@ from losses import (
     shard_range,
     slice_rows,
 )
-from losses.sharding import INIT_BLOCK_CLASSES, init_class_rows
+from facetrain.losses.sharding import INIT_BLOCK_CLASSES, init_class_rows
 
 
 @pytest.mark.parametrize(("num_classes", "world"), [(10, 3), (7, 7), (5, 8), (100_003, 4)])

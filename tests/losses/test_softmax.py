@@ -1,7 +1,7 @@
 import pytest
 import torch
+from facetrain.losses import ASoftmaxLoss, SoftmaxLoss
 
-from losses import ASoftmaxLoss, SoftmaxLoss
 from tests.losses import references
 
 

@@ -1,13 +1,13 @@
 import pytest
 import torch
-
-from losses import TripletLoss
-from losses.mining import (
+from facetrain.losses import TripletLoss
+from facetrain.losses.mining import (
     hardest_cols,
     pairwise_squared_distances,
     semihard_negative_cols,
     triplet_masks,
 )
+
 from tests.losses import references
 
 

@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 import torch
+from facetrain.pipeline.train import checkpoint
 
-from pipeline import checkpoint
 from tests.dist import run_ranks
 from tests.pipeline.shards import write_shards
 
@@ -17,7 +17,7 @@ class Interrupted(Exception):
 
 
 def make_config(shards, ckpt_dir, steps):
-    from pipeline.config import TrainConfig
+    from facetrain.pipeline.config import TrainConfig
 
     return TrainConfig.model_validate(
         {
@@ -38,8 +38,8 @@ def make_config(shards, ckpt_dir, steps):
 
 def train(rank, world_size, shards, ckpt_dir, steps, stop_after=None):
     """Run the real loop; record each step's loss; optionally die right after a step."""
-    from pipeline.hooks import Hook
-    from pipeline.run import run_rank
+    from facetrain.pipeline.train.hooks import Hook
+    from facetrain.pipeline.train.loop import run_rank
 
     losses = {}
 
@@ -58,7 +58,7 @@ def train(rank, world_size, shards, ckpt_dir, steps, stop_after=None):
 
 def restored_state(trainer):
     """What a checkpoint must carry over, gathered to full tensors (a collective call)."""
-    from losses import merge_shards
+    from facetrain.losses import merge_shards
 
     asoftmax = trainer.objective.terms["asoftmax"]
     world_size = trainer.world_size
@@ -77,8 +77,8 @@ def restored_state(trainer):
 
 
 def restore(shards, ckpt_dir):
-    from pipeline.hooks import CheckpointHook
-    from pipeline.trainer import Trainer
+    from facetrain.pipeline.train.hooks import CheckpointHook
+    from facetrain.pipeline.train.trainer import Trainer
 
     cfg = make_config(shards, ckpt_dir, 6)
     trainer = Trainer(cfg, 32)
@@ -192,8 +192,8 @@ def test_keep_prunes_old_checkpoints(tmp_path):
 
 def zero_stage_round_trip(rank, world_size):
     """Save under one ZeRO stage / optimizer, restore under another; next steps must agree."""
-    from pipeline.config import TrainConfig
-    from pipeline.trainer import Trainer
+    from facetrain.pipeline.config import TrainConfig
+    from facetrain.pipeline.train.trainer import Trainer
 
     def config(stage, optimizer):
         return TrainConfig.model_validate(

@@ -22,7 +22,7 @@ LOSS = [
 
 
 def make_config(zero_stage: int):
-    from pipeline.config import TrainConfig
+    from facetrain.pipeline.config import TrainConfig
 
     return TrainConfig.model_validate(
         {
@@ -55,7 +55,7 @@ def global_batches():
 
 
 def train_ranks(rank, world_size):
-    from pipeline.trainer import Trainer
+    from facetrain.pipeline.train.trainer import Trainer
 
     results = {}
     for stage in (0, 2):
@@ -108,8 +108,8 @@ def ghost_batchnorm_forward(net, chunks):
 
 
 def single_process_reference():
-    from losses import CenterLoss, SoftmaxLoss, TripletLoss
-    from pipeline.models import build_backbone
+    from facetrain.losses import CenterLoss, SoftmaxLoss, TripletLoss
+    from facetrain.pipeline.models import build_backbone
 
     cfg = make_config(0)
     torch.manual_seed(cfg.train.seed)

@@ -1,10 +1,9 @@
 import numpy as np
 import pytest
 import torch
+from facetrain.pipeline.data.transforms import normalize_batch, to_tensor
+from facetrain.pipeline.models import available_backbones, build_backbone
 from PIL import Image
-
-from pipeline.data.transforms import normalize_batch, to_tensor
-from pipeline.models import available_backbones, build_backbone
 
 
 @pytest.mark.parametrize("name", ["tiny", "mobilefacenet", "iresnet18"])
@@ -57,7 +56,7 @@ def _encoded(pixels, fmt, mode="RGB"):
 
 
 def test_decode_matches_pil_for_every_path():
-    from pipeline.data.transforms import decode_rgb
+    from facetrain.pipeline.data.transforms import decode_rgb
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (112, 96, 3), dtype=np.uint8)

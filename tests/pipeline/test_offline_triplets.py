@@ -10,9 +10,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from facetrain.losses.selected_triplets import SelectedTripletLoss, select_triplets
+from facetrain.pipeline.train.offline_triplets import (
+    batch_positions,
+    choose_sample,
+    embed_sample,
+    select_round,
+)
 
-from losses.selected_triplets import SelectedTripletLoss, select_triplets
-from pipeline.offline_triplets import batch_positions, choose_sample, embed_sample, select_round
 from tests.dist import run_ranks
 from tests.pipeline.shards import face_pixels, write_shards
 
@@ -134,7 +139,7 @@ def test_batch_positions_partition_the_round():
 
 
 def test_sample_holds_the_configured_identities_and_images(tmp_path):
-    from pipeline.data.shards import read_dataset_index
+    from facetrain.pipeline.data.shards import read_dataset_index
 
     counts = [2 + label % 7 for label in range(30)]
     index = read_dataset_index(str(write_shards(tmp_path, counts, num_shards=5)))
@@ -155,8 +160,8 @@ def test_sample_holds_the_configured_identities_and_images(tmp_path):
 
 
 def embed_and_select(rank, world_size, shards):
-    from pipeline.data.shards import read_dataset_index
-    from pipeline.models import build_backbone
+    from facetrain.pipeline.data.shards import read_dataset_index
+    from facetrain.pipeline.models import build_backbone
 
     index = read_dataset_index(str(shards))
     sample = choose_sample(index, seed=3, round_index=1, identities=7, images_per_identity=5)
@@ -188,7 +193,7 @@ def test_round_on_two_ranks_selects_what_one_rank_selects(tmp_path):
 
 
 def make_config(shards, ckpt_dir, steps, every=4, negatives="semihard", lr=0.05):
-    from pipeline.config import TrainConfig
+    from facetrain.pipeline.config import TrainConfig
 
     return TrainConfig.model_validate(
         {
@@ -241,8 +246,8 @@ def validation_loss(backbone, margin=0.5) -> float:
 
 
 def train(cfg, record, stop_after=None):
-    from pipeline.hooks import Hook
-    from pipeline.run import run_rank
+    from facetrain.pipeline.train.hooks import Hook
+    from facetrain.pipeline.train.loop import run_rank
 
     class Recorder(Hook):
         def on_start(self, trainer):
@@ -293,7 +298,7 @@ def test_offline_training_lowers_triplet_loss_on_validation_sample(synthetic_sha
 
 
 def batch_digests(monkeypatch, digests):
-    from pipeline.offline_triplets import OfflineTriplets
+    from facetrain.pipeline.train.offline_triplets import OfflineTriplets
 
     original = OfflineTriplets.batch
 
@@ -328,9 +333,9 @@ def test_resume_mid_round_replays_the_same_batches(synthetic_shards, tmp_path, m
 
 
 def train_offline_ranks(rank, world_size, shards, ckpt_dir):
-    from pipeline.hooks import Hook
-    from pipeline.offline_triplets import STATE_KEY
-    from pipeline.run import run_rank
+    from facetrain.pipeline.train.hooks import Hook
+    from facetrain.pipeline.train.loop import run_rank
+    from facetrain.pipeline.train.offline_triplets import STATE_KEY
 
     record = {}
 

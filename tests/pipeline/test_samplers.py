@@ -6,12 +6,12 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from facetrain.pipeline.config import DataConfig, TrainSection
+from facetrain.pipeline.data.loader import FaceBatches, build_loader
+from facetrain.pipeline.data.samplers import draw_k, pk_batches, shuffled_batches
+from facetrain.pipeline.data.shards import Identity, read_dataset_index
+from facetrain.pipeline.train.schedule import lr_factor
 
-from pipeline.config import DataConfig, TrainSection
-from pipeline.data.loader import FaceBatches, build_loader
-from pipeline.data.samplers import draw_k, pk_batches, shuffled_batches
-from pipeline.data.shards import Identity, read_dataset_index
-from pipeline.schedule import lr_factor
 from tests.pipeline.shards import write_shards
 
 
@@ -83,7 +83,7 @@ def test_weighting_sets_how_often_an_identity_is_visited(weighting, expected_rat
 
 
 def test_shuffled_batches_visit_every_sample_once_in_mixed_order():
-    from pipeline.data.samplers import Pick
+    from facetrain.pipeline.data.samplers import Pick
 
     samples = [Pick(i // 5, str(i), b"") for i in range(1000)]
     batches = list(shuffled_batches(iter(samples), 50, 200, np.random.default_rng(3)))
@@ -151,7 +151,7 @@ def test_lr_schedule_warms_up_then_decays():
 
 
 def test_shuffle_sampler_covers_its_shards_and_ranks_stay_disjoint(shard_root):
-    from pipeline.data.shards import iter_samples
+    from facetrain.pipeline.data.shards import iter_samples
 
     index = read_dataset_index(str(shard_root))
     data = DataConfig(shards=str(shard_root), batch={"p": 4, "k": 2}, workers=1, shuffle_buffer=16)

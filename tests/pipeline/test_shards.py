@@ -4,9 +4,8 @@ import io
 import tarfile
 
 import pytest
+from facetrain.pipeline.data.shards import iter_identities, iter_raw_samples
 from webdataset.tariterators import tarfile_samples
-
-from pipeline.data.shards import iter_identities, iter_raw_samples
 
 
 def write_tar(path, members, tar_format):
@@ -66,7 +65,8 @@ def test_errors_name_the_shard_and_sample(tmp_path):
 
 def test_urls_stream_through_webdataset_gopen(tmp_path):
     """`file://` and `pipe:` sources take the stream path (short reads included)."""
-    from pipeline.data.shards import read_dataset_index
+    from facetrain.pipeline.data.shards import read_dataset_index
+
     from tests.pipeline.shards import write_shards
 
     root = write_shards(tmp_path / "data", [2, 3, 1], num_shards=1, size=16)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from facetrain.jobs.cli.config import load_config
+from facetrain.pipeline.config import TrainConfig
 
-from jobs.config import load_config
-from pipeline.config import TrainConfig
 from tests.pipeline.shards import write_shards
 
 REPO = Path(__file__).resolve().parents[2]

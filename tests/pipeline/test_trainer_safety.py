@@ -13,7 +13,7 @@ from tests.pipeline.shards import write_shards
 
 
 def make_config(shards, root, **mlflow):
-    from pipeline.config import TrainConfig
+    from facetrain.pipeline.config import TrainConfig
 
     return TrainConfig.model_validate(
         {
@@ -39,7 +39,7 @@ def snapshot(trainer):
 
 
 def nonfinite_scenario(cfg):
-    from pipeline.trainer import NonFiniteLossError, Trainer
+    from facetrain.pipeline.train.trainer import NonFiniteLossError, Trainer
 
     trainer = Trainer(cfg, 12)
     images = torch.rand(6, 3, 112, 112) * 2 - 1
@@ -83,7 +83,7 @@ def nonfinite_scenario(cfg):
 
 
 def run_with_tracking(cfg):
-    from pipeline.run import run_rank
+    from facetrain.pipeline.train.loop import run_rank
 
     messages = []
 
@@ -158,8 +158,7 @@ def test_unreachable_tracking_server_warns_once_and_training_goes_on(results):
 
     # ...and the kept records upload later, as a run of their own.
     import mlflow
-
-    from pipeline.tracking import upload_records
+    from facetrain.pipeline.train.tracking import upload_records
 
     uri = f"sqlite:///{root}/later.db"
     run_id = upload_records(
@@ -176,8 +175,7 @@ def test_unreachable_tracking_server_warns_once_and_training_goes_on(results):
 @pytest.mark.slow
 def test_final_backbone_is_logged_registered_and_loadable(results):
     import mlflow
-
-    from pipeline.checkpoint import load_backbone
+    from facetrain.pipeline.train.checkpoint import load_backbone
 
     root, out = results
     summary, messages = out["up"]

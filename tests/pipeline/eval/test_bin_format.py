@@ -4,8 +4,7 @@ import pickle
 
 import numpy as np
 import pytest
-
-from pipeline.eval.bin_format import encode_image, read_bin, write_bin
+from facetrain.pipeline.eval.bin_format import encode_image, read_bin, write_bin
 
 
 def _faces(count, seed=0):

@@ -5,9 +5,9 @@ import shutil
 
 import numpy as np
 import pytest
+from facetrain.jobs.cli import main
+from facetrain.pipeline.eval import export_model, read_embeddings
 
-from jobs.cli import main
-from pipeline.eval import export_model, read_embeddings
 from tests.pipeline.eval.helpers import ProjectionNet, write_face_folder, write_pairs_file
 
 VERIFY_KEYS = {
@@ -165,9 +165,13 @@ def test_export_cli_writes_an_equivalent_model(faces, tmp_path, capsys):
 
 
 def test_results_go_to_a_new_mlflow_run_or_onto_a_given_one(faces, tmp_path, mlflow_uri):
+    from facetrain.pipeline.eval import (
+        EmbeddingTable,
+        log_verification,
+        read_pairs,
+        verify_embeddings,
+    )
     from mlflow.tracking import MlflowClient
-
-    from pipeline.eval import EmbeddingTable, log_verification, read_pairs, verify_embeddings
 
     root, pairs, _ = faces
     embeddings = tmp_path / "e.npz"

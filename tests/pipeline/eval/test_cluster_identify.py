@@ -4,16 +4,15 @@ import itertools
 
 import numpy as np
 import pytest
-from sklearn.metrics import normalized_mutual_info_score
-
-from pipeline.eval import EmbeddingTable, evaluate_clustering, evaluate_identification
-from pipeline.eval.cluster import (
+from facetrain.pipeline.eval import EmbeddingTable, evaluate_clustering, evaluate_identification
+from facetrain.pipeline.eval.cluster import (
     clusters_at,
     cosine_linkage,
     normalized_mutual_information,
     pairwise_precision_recall_f1,
 )
-from pipeline.eval.identify import probe_ranks, split_gallery_probe
+from facetrain.pipeline.eval.identify import probe_ranks, split_gallery_probe
+from sklearn.metrics import normalized_mutual_info_score
 
 
 def brute_pairwise(true_labels, predicted_labels):

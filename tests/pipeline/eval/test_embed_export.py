@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from facetrain.pipeline.eval import EvalOptions, export_model, load_model, verify_bin, write_bin
+from facetrain.pipeline.eval.embed import FolderImages, embed_faces, embed_images
+from facetrain.pipeline.eval.export import ExportMismatch
 from PIL import Image
 
-from pipeline.eval import EvalOptions, export_model, load_model, verify_bin, write_bin
-from pipeline.eval.embed import FolderImages, embed_faces, embed_images
-from pipeline.eval.export import ExportMismatch
 from tests.pipeline.eval.helpers import ProjectionNet, write_face_folder
 
 OPTIONS = EvalOptions(device="cpu", progress=False, workers=2, batch_size=4)
@@ -31,7 +31,7 @@ def test_embedding_is_normalised_sum_of_image_and_flipped_image():
 
 
 def test_folder_with_landmarks_is_aligned_by_prep_code(tmp_path):
-    from data_prep.align import align_face
+    from facetrain.data_prep.align import align_face
 
     rng = np.random.default_rng(1)
     (tmp_path / "A").mkdir()
@@ -143,9 +143,9 @@ def test_onnx_export_gives_the_same_outputs(tmp_path):
 
 
 def test_model_reference_to_a_training_checkpoint(tmp_path):
-    checkpoint = pytest.importorskip("pipeline.checkpoint")
-    from pipeline.config import TrainConfig
-    from pipeline.models import build_backbone
+    checkpoint = pytest.importorskip("facetrain.pipeline.train.checkpoint")
+    from facetrain.pipeline.config import TrainConfig
+    from facetrain.pipeline.models import build_backbone
 
     config = TrainConfig.model_validate(
         {

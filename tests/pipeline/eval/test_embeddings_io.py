@@ -4,8 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from pipeline.eval.embeddings_io import EmbeddingTable, read_embeddings, write_embeddings
+from facetrain.pipeline.eval.embeddings_io import EmbeddingTable, read_embeddings, write_embeddings
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".npz"])

@@ -3,15 +3,14 @@
 import json
 
 import pytest
-
-from jobs.cli import main
-from pipeline.eval import export_model
+from facetrain.jobs.cli import main
+from facetrain.pipeline.eval import export_model
 
 pytestmark = pytest.mark.lfw
 
 
 def test_verify_a_few_dozen_lfw_pairs_end_to_end(lfw_root, tmp_path):
-    from pipeline.models import build_backbone
+    from facetrain.pipeline.models import build_backbone
 
     lines = (lfw_root / "pairsDevTest.txt").read_text().splitlines()
     same, different = lines[1:501], lines[501:1001]

@@ -2,13 +2,12 @@
 
 import numpy as np
 import pytest
+from facetrain.pipeline.eval import metrics
+from facetrain.pipeline.eval.verify import summarise_scores
 from scipy.interpolate import interp1d
 from scipy.optimize import brentq
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
-
-from pipeline.eval import metrics
-from pipeline.eval.verify import summarise_scores
 
 
 def brute_best_threshold(scores, is_same):

@@ -2,8 +2,7 @@
 
 import numpy as np
 import pytest
-
-from pipeline.eval.pairs import contiguous_folds, read_pairs, stratified_folds
+from facetrain.pipeline.eval.pairs import contiguous_folds, read_pairs, stratified_folds
 
 VIEW2 = """2\t2
 Abel_Pacheco\t1\t4

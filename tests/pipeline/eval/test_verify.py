@@ -4,16 +4,16 @@ import json
 
 import numpy as np
 import pytest
-
-from pipeline.eval import (
+from facetrain.pipeline.eval import (
     EmbeddingTable,
     EvalOptions,
     read_pairs,
     run_verification,
     verify_embeddings,
 )
-from pipeline.eval.metrics import cosine_scores
-from pipeline.eval.verify import summarise_scores
+from facetrain.pipeline.eval.metrics import cosine_scores
+from facetrain.pipeline.eval.verify import summarise_scores
+
 from tests.pipeline.eval.helpers import ProjectionNet, write_face_folder, write_pairs_file
 
 OPTIONS = EvalOptions(device="cpu", progress=False, workers=2, batch_size=8)

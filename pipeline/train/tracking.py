@@ -20,11 +20,10 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from pipeline.config import TrainConfig
-from pipeline.hooks import Hook
-from pipeline.models import build_backbone
-from pipeline.trainer import StepOutput, Trainer
+from facetrain.pipeline.config import TrainConfig
+from facetrain.pipeline.models import build_backbone
+from facetrain.pipeline.train.hooks import Hook
+from facetrain.pipeline.train.trainer import StepOutput, Trainer
 
 log = logging.getLogger("facetrain.tracking")
 

@@ -16,9 +16,8 @@ import os
 
 import torch
 import torch.distributed as dist
+from facetrain.pipeline.config import TrainConfig
 from torch import nn
-
-from pipeline.config import TrainConfig
 
 OPTIMIZER_STATE_KEYS = {"sgd": ("momentum_buffer",), "adamw": ("exp_avg", "exp_avg_sq")}
 

@@ -181,8 +181,8 @@ def load_rank_local(checkpoint: Path, rank: int) -> dict | None:
 def load_backbone(path: str | Path) -> nn.Module:
     """The trained backbone of a checkpoint (a `checkpoint.dir` or one step folder), on CPU
     in eval mode, rebuilt from the config saved with it."""
-    from pipeline.config import ModelConfig
-    from pipeline.models import build_backbone
+    from facetrain.pipeline.config import ModelConfig
+    from facetrain.pipeline.models import build_backbone
 
     checkpoint = find_checkpoint(path)
     if checkpoint is None:

@@ -1,4 +1,4 @@
-"""Ray entrypoint: `python -m jobs.train --config FILE [--set k=v] [--nproc N]` on a Ray cluster.
+"""Ray entrypoint: `python -m facetrain.jobs.ray.train --config FILE [--set k=v] [--nproc N]` on a Ray cluster.
 
 Takes the arguments of `facetrain train` and runs the same per-rank training function
 (`pipeline.run.run_rank`) on N Ray Train workers through `TorchTrainer`: one worker per
@@ -46,7 +46,7 @@ def choose_scaling(
         if use_gpu and nproc > gpus:
             # Ray would wait forever for GPUs the cluster cannot give (autoscaling aside).
             print(
-                f"jobs.train: note: --nproc {nproc} GPU workers, cluster has {gpus} GPUs now; "
+                f"facetrain.jobs.ray.train: note: --nproc {nproc} GPU workers, cluster has {gpus} GPUs now; "
                 "waiting for the autoscaler",
                 file=sys.stderr,
             )
@@ -119,17 +119,16 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def _default_rank_fn() -> RankFn:
-    from pipeline.run import run_rank
+    from facetrain.pipeline.train.loop import run_rank
 
     return run_rank
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     import ray
-
-    from jobs.cli import build_parser
-    from jobs.config import ConfigError, load_config
-    from pipeline.config import TrainConfig
+    from facetrain.jobs.cli import build_parser
+    from facetrain.jobs.cli.config import ConfigError, load_config
+    from facetrain.pipeline.config import TrainConfig
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(["train", *argv])
@@ -141,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("--config FILE is required (see configs/ for examples)")
         cfg = load_config(TrainConfig, args.config, args.overrides)
     except ConfigError as err:
-        print(f"jobs.train: error: {err}", file=sys.stderr)
+        print(f"facetrain.jobs.ray.train: error: {err}", file=sys.stderr)
         return 2
     # Inside a Ray job RAY_ADDRESS names the cluster; elsewhere this starts a local Ray.
     ray.init()
@@ -150,15 +149,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg.train.device, args.nproc if given_nproc else None, ray.cluster_resources()
         )
     except ValueError as err:
-        print(f"jobs.train: error: {err}", file=sys.stderr)
+        print(f"facetrain.jobs.ray.train: error: {err}", file=sys.stderr)
         return 2
     print(
-        f"jobs.train: {scaling.num_workers} Ray Train worker(s), "
+        f"facetrain.jobs.ray.train: {scaling.num_workers} Ray Train worker(s), "
         f"{'one GPU each (nccl)' if scaling.use_gpu else 'CPU (gloo)'}",
         file=sys.stderr,
     )
     summary = train_on_ray(cfg, scaling) or {}
-    print(f"jobs.train: {summary.get('steps')} steps on {summary.get('world_size')} workers")
+    print(f"facetrain.jobs.ray.train: {summary.get('steps')} steps on {summary.get('world_size')} workers")
     print(f"checkpoint: {summary.get('checkpoint')}")
     if summary.get("mlflow_run_id"):
         print(f"MLflow run: {summary['mlflow_run_id']}")

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import inspect
 
+from facetrain.losses import LOSS_TYPES, build_loss
+from facetrain.pipeline.config import LossTerm
 from torch import Tensor, nn
-
-from losses import LOSS_TYPES, build_loss
-from pipeline.config import LossTerm
 
 
 class Objective(nn.Module):

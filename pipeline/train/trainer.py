@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import Tensor
-
-from pipeline.config import TrainConfig
-from pipeline.engine import (
+from facetrain.pipeline.config import TrainConfig
+from facetrain.pipeline.models import build_backbone
+from facetrain.pipeline.train.engine import (
     OPTIMIZER_STATE_KEYS,
     average_buffers,
     backbone_optimizer_state,
@@ -33,9 +32,9 @@ from pipeline.engine import (
     resolve_precision,
     set_lr,
 )
-from pipeline.models import build_backbone
-from pipeline.objective import Objective
-from pipeline.schedule import lr_factor
+from facetrain.pipeline.train.objective import Objective
+from facetrain.pipeline.train.schedule import lr_factor
+from torch import Tensor
 
 
 class NonFiniteLossError(RuntimeError):
@@ -301,7 +300,7 @@ class Trainer:
         self, backbone: dict, replicated: dict, shards: list[dict], rank_local: dict | None
     ) -> None:
         """Restore from a checkpoint written by any world size (RNG only if it matches)."""
-        from losses import reshard
+        from facetrain.losses import reshard
 
         if self.cfg.train.zero_stage > 0 or self.precision != "fp32":
             materialise_optimizer_state(self.engine, (2, 3, 112, 112), self.input_dtype)

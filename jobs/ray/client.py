@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
-from jobs.submission.auth import ClusterToken, describe_auth_failure, find_token
+from facetrain.jobs.ray.auth import ClusterToken, describe_auth_failure, find_token
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")

@@ -1,4 +1,4 @@
-"""Ray entrypoint: `python -m jobs.prep SOURCE --out DIR ...` on the cluster it is started in.
+"""Ray entrypoint: `python -m facetrain.jobs.ray.prep SOURCE --out DIR ...` on the cluster it is started in.
 
 Takes exactly the arguments of `facetrain prep` (it runs that command) and, when started as a
 Ray job (`RAY_ADDRESS` set by the job supervisor), points the prep at that cluster instead
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from jobs.entrypoint import run_cli_on_cluster
+from facetrain.jobs.ray.entrypoint import run_cli_on_cluster
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import jobs
+from facetrain import jobs
 
 # Patterns in Ray's working_dir `excludes` (gitignore syntax, relative to the working dir).
 SHIP_EXCLUDES = (

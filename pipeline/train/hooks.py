@@ -9,11 +9,10 @@ from __future__ import annotations
 import logging
 
 import torch.distributed as dist
+from facetrain.pipeline.train import checkpoint
+from facetrain.pipeline.config import TrainConfig
+from facetrain.pipeline.train.trainer import StepOutput, Trainer
 from tqdm import tqdm
-
-from pipeline import checkpoint
-from pipeline.config import TrainConfig
-from pipeline.trainer import StepOutput, Trainer
 
 log = logging.getLogger("facetrain.train")
 

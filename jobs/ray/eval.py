@@ -1,4 +1,4 @@
-"""Ray entrypoint: `python -m jobs.eval verify|cluster|identify ...` inside a Ray job.
+"""Ray entrypoint: `python -m facetrain.jobs.ray.eval verify|cluster|identify ...` inside a Ray job.
 
 Takes exactly the arguments of `facetrain eval`; the evaluation runs in the job's driver
 process on the cluster, so paths (model, pairs, images) are the cluster's.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from jobs.entrypoint import run_cli_on_cluster
+from facetrain.jobs.ray.entrypoint import run_cli_on_cluster
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import math
 
-from pipeline.config import TrainSection
+from facetrain.pipeline.config import TrainSection
 
 
 def lr_factor(step: int, train: TrainSection) -> float:

@@ -23,7 +23,7 @@ def with_cluster_address(argv: Sequence[str], address_flag: str) -> list[str]:
 
 
 def run_cli_on_cluster(command: str, argv: Sequence[str], address_flag: str | None = None) -> int:
-    from jobs.cli import main as facetrain
+    from facetrain.jobs.cli import main as facetrain
 
     if address_flag:
         argv = with_cluster_address(argv, address_flag)

@@ -33,14 +33,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+from facetrain.losses.selected_triplets import SelectedTripletLoss, Selection, select_triplets
+from facetrain.pipeline.config import TrainConfig, TripletTerm
+from facetrain.pipeline.data.shards import DatasetIndex, iter_identities
+from facetrain.pipeline.data.transforms import decode_rgb, hflip, normalize_batch
+from facetrain.pipeline.train.hooks import Hook
+from facetrain.pipeline.train.trainer import StepOutput, Trainer
 from torch import Tensor
-
-from losses.selected_triplets import SelectedTripletLoss, Selection, select_triplets
-from pipeline.config import TrainConfig, TripletTerm
-from pipeline.data.shards import DatasetIndex, iter_identities
-from pipeline.data.transforms import decode_rgb, hflip, normalize_batch
-from pipeline.hooks import Hook
-from pipeline.trainer import StepOutput, Trainer
 
 log = logging.getLogger("facetrain.train")
 
