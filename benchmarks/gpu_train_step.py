@@ -25,6 +25,7 @@ ARCFACE_TORCH_R50 = 740.0  # samples/s per GPU, arcface_torch's published r50 fi
 
 def _run(backbone: str, batch: int, classes: int, steps: int, warmup: int, device: str) -> dict:
     from facetrain.pipeline.config import TrainConfig
+    from facetrain.pipeline.train.collectives import world_group
     from facetrain.pipeline.train.launch import free_port
     from facetrain.pipeline.train.trainer import Trainer
 
@@ -49,7 +50,7 @@ def _run(backbone: str, batch: int, classes: int, steps: int, warmup: int, devic
             },
         }
     )
-    trainer = Trainer(cfg, classes)
+    trainer = Trainer(cfg, classes, world_group())
     generator = torch.Generator(device=trainer.device).manual_seed(0)
     images = torch.rand(batch, 3, 112, 112, device=trainer.device, generator=generator) * 2 - 1
     labels = torch.randint(0, classes, (batch,), device=trainer.device, generator=generator)

@@ -36,6 +36,7 @@ def _rank(rank: int, world: int, port: int, args: dict, out_dir: str) -> None:
     )
     from facetrain.pipeline.config import TrainConfig
     from facetrain.pipeline.models import build_backbone
+    from facetrain.pipeline.train.collectives import world_group
     from facetrain.pipeline.train.trainer import Trainer
     from torch.nn.parallel import DistributedDataParallel
 
@@ -58,7 +59,7 @@ def _rank(rank: int, world: int, port: int, args: dict, out_dir: str) -> None:
             },
         }
     )
-    trainer = Trainer(cfg, classes)
+    trainer = Trainer(cfg, classes, world_group())
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(build_backbone("mobilefacenet", emb), torch.nn.Linear(emb, classes))

@@ -13,9 +13,11 @@ import torch.nn.functional as F
 from facetrain.losses.classifier import ShardedClassifierLoss
 from facetrain.losses.distributed import ProcessGroup
 from facetrain.losses.margins import check_margin, sphereface_lambda, sphereface_psi
+from facetrain.losses.registry import register_loss
 from torch import Tensor
 
 
+@register_loss("asoftmax")
 class ASoftmaxLoss(ShardedClassifierLoss):
     """SphereFace A-Softmax; `.current_lambda` is the λ of the latest training step."""
 
@@ -54,6 +56,9 @@ class ASoftmaxLoss(ShardedClassifierLoss):
             self.lambda_power,
             self.lambda_min,
         )
+
+    def statistics(self) -> dict[str, float]:
+        return {"lambda": self.current_lambda}
 
     def on_training_step(self) -> None:
         self.iteration += 1

@@ -10,6 +10,7 @@ of class j applies that update from every sample of j in the global batch.
 from __future__ import annotations
 
 import torch
+from facetrain.losses.base import EmbeddingLoss
 from facetrain.losses.checks import check_batch, check_label_range
 from facetrain.losses.distributed import (
     ProcessGroup,
@@ -17,19 +18,21 @@ from facetrain.losses.distributed import (
     rank_and_world,
     sum_across_ranks,
 )
+from facetrain.losses.registry import register_loss
 from facetrain.losses.sharding import ClassShardedMixin, shard_range
-from torch import Tensor, nn
+from torch import Tensor
 
 
-class CenterLoss(ClassShardedMixin, nn.Module):
+@register_loss("center")
+class CenterLoss(ClassShardedMixin, EmbeddingLoss):
     """`.centers` holds rows class_start…+num_local_classes-1; add λ·L_c to a softmax loss."""
 
     _class_tensor_names = ("centers",)
 
     def __init__(
         self,
-        num_classes: int,
         embedding_size: int,
+        num_classes: int,
         alpha: float = 0.5,
         group: ProcessGroup | None = None,
     ) -> None:

@@ -8,6 +8,7 @@ A subclass only says how logits are made from the global batch and its (sampled)
 from __future__ import annotations
 
 import torch
+from facetrain.losses.base import EmbeddingLoss
 from facetrain.losses.checks import check_batch, check_label_range
 from facetrain.losses.cross_entropy import sharded_cross_entropy
 from facetrain.losses.distributed import ProcessGroup, gather_batch, rank_and_world
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 WEIGHT_INIT_STD = 0.01
 
 
-class ShardedClassifierLoss(ClassShardedMixin, nn.Module):
+class ShardedClassifierLoss(ClassShardedMixin, EmbeddingLoss):
     """Base of the classifier losses: weight rows for classes class_start…+num_local_classes-1."""
 
     _class_tensor_names = ("weight",)
@@ -71,6 +72,13 @@ class ShardedClassifierLoss(ClassShardedMixin, nn.Module):
                 (self.seed * 1_000_003 + self.class_start + 1) % (2**63)
             )
         return self._sampling_generator
+
+    def rng_state(self) -> Tensor | None:
+        """Partial FC's sampling stream (None until the first sampled forward)."""
+        return None if self._sampling_generator is None else self._sampling_generator.get_state()
+
+    def load_rng_state(self, state: Tensor) -> None:
+        self._generator().set_state(state)
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         name = type(self).__name__

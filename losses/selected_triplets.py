@@ -3,7 +3,8 @@
 Schroff et al. 2015 (§3.2) name two ways to find informative triplets: online, inside each
 mini-batch (`TripletLoss`), and offline: every n steps, embed a sample of the data with the
 latest weights and pick the triplets of the next n steps from it. `select_triplets` is that
-pick; `SelectedTripletLoss` trains on its result, rows laid out as (a, p, n, a, p, n, ...).
+pick; `given_triplet_loss` (the triplet term with selection: offline) trains on its
+result, rows laid out as (a, p, n, a, p, n, ...).
 
 Same semantics as the online loss: squared Euclidean distance on L2-normalised embeddings,
 and for each (anchor, positive) pair one negative, chosen by `negatives`:
@@ -32,7 +33,7 @@ from facetrain.losses.mining import (
     semihard_negative_cols,
     triplet_masks,
 )
-from torch import Generator, Tensor, nn
+from torch import Generator, Tensor
 
 
 class Selection(NamedTuple):
@@ -138,62 +139,54 @@ def select_triplets(
     return Selection(torch.cat(triplets).cpu(), torch.cat(losses).cpu(), num_pairs)
 
 
-class SelectedTripletLoss(nn.Module):
-    """Mean of [d(a,p) - d(a,n) + margin]_+ over the batch's triplets, rows (a, p, n, a, ...).
+def given_triplet_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    margin: float,
+    normalize: bool = True,
+    group: ProcessGroup | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """Mean of [d(a,p) - d(a,n) + margin]_+ over triplets given as rows (a, p, n, a, ...).
 
-    No mining: the triplets were chosen offline. Each rank averages its own triplets; with
-    the same number per rank the data-parallel mean of gradients is the global mean's.
-    `.last_stats` (summed over `group`): num_triplets, num_active, active_fraction.
+    No mining: the triplets were chosen beforehand (`select_triplets`). Each rank averages its
+    own triplets; with the same number per rank the data-parallel mean of gradients is the
+    global mean's. Returns (loss, statistics summed over `group`: num_triplets, num_active,
+    active_fraction).
     """
-
-    def __init__(
-        self, margin: float = 0.2, normalize: bool = True, group: ProcessGroup | None = None
-    ) -> None:
-        super().__init__()
-        self.margin = margin
-        self.normalize = normalize
-        self.group = group
-        self.last_stats: dict[str, float] = {}
-
-    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        check_batch(embeddings, labels, None, "SelectedTripletLoss")
-        if embeddings.shape[0] % 3:
-            raise ValueError(
-                f"SelectedTripletLoss: batch of {embeddings.shape[0]} rows, expected whole "
-                "triplets (a multiple of 3, rows anchor, positive, negative, ...)"
-            )
-        triplet_labels = labels.view(-1, 3)
-        bad = (triplet_labels[:, 0] != triplet_labels[:, 1]) | (
-            triplet_labels[:, 0] == triplet_labels[:, 2]
+    check_batch(embeddings, labels, None, "TripletLoss(selection=offline)")
+    if embeddings.shape[0] % 3:
+        raise ValueError(
+            f"TripletLoss(selection=offline): batch of {embeddings.shape[0]} rows, expected "
+            "whole triplets (a multiple of 3, rows anchor, positive, negative, ...)"
         )
-        if bool(bad.any()):
-            first = int(bad.nonzero()[0])
-            raise ValueError(
-                f"SelectedTripletLoss: triplet {first} has labels {triplet_labels[first].tolist()}, "
-                "expected anchor == positive != negative"
-            )
-        if self.normalize:
-            embeddings = F.normalize(embeddings, dim=1)
-        anchor, positive, negative = embeddings.view(-1, 3, embeddings.shape[1]).unbind(dim=1)
-        per_triplet = torch.relu(
-            (anchor - positive).pow(2).sum(dim=1)
-            - (anchor - negative).pow(2).sum(dim=1)
-            + self.margin
+    triplet_labels = labels.view(-1, 3)
+    bad = (triplet_labels[:, 0] != triplet_labels[:, 1]) | (
+        triplet_labels[:, 0] == triplet_labels[:, 2]
+    )
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0])
+        raise ValueError(
+            f"TripletLoss(selection=offline): triplet {first} has labels "
+            f"{triplet_labels[first].tolist()}, expected anchor == positive != negative"
         )
-        counts = torch.tensor(
-            [per_triplet.numel(), int((per_triplet > 0).sum())],
-            dtype=torch.float64,
-            device=embeddings.device,
-        )
-        if rank_and_world(self.group)[1] > 1:
-            torch.distributed.all_reduce(counts, group=self.group)
-        num_triplets, num_active = (int(v) for v in counts.tolist())
-        self.last_stats = {
-            "num_triplets": num_triplets,
-            "num_active": num_active,
-            "active_fraction": num_active / num_triplets if num_triplets else 0.0,
-        }
-        return per_triplet.mean() if per_triplet.numel() else embeddings.sum() * 0.0
-
-    def extra_repr(self) -> str:
-        return f"margin={self.margin}, normalize={self.normalize}"
+    if normalize:
+        embeddings = F.normalize(embeddings, dim=1)
+    anchor, positive, negative = embeddings.view(-1, 3, embeddings.shape[1]).unbind(dim=1)
+    per_triplet = torch.relu(
+        (anchor - positive).pow(2).sum(dim=1) - (anchor - negative).pow(2).sum(dim=1) + margin
+    )
+    counts = torch.tensor(
+        [per_triplet.numel(), int((per_triplet > 0).sum())],
+        dtype=torch.float64,
+        device=embeddings.device,
+    )
+    if rank_and_world(group)[1] > 1:
+        torch.distributed.all_reduce(counts, group=group)
+    num_triplets, num_active = (int(v) for v in counts.tolist())
+    stats = {
+        "num_triplets": num_triplets,
+        "num_active": num_active,
+        "active_fraction": num_active / num_triplets if num_triplets else 0.0,
+    }
+    loss = per_triplet.mean() if per_triplet.numel() else embeddings.sum() * 0.0
+    return loss, stats

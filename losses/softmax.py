@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 from facetrain.losses.classifier import ShardedClassifierLoss
 from facetrain.losses.distributed import ProcessGroup
+from facetrain.losses.registry import register_loss
 from torch import Tensor, nn
 
 
+@register_loss("softmax")
 class SoftmaxLoss(ShardedClassifierLoss):
     """Softmax cross-entropy; `.weight`/`.bias` hold rows class_start…+num_local_classes-1."""
 

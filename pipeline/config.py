@@ -92,7 +92,7 @@ class TripletTerm(LossTermBase):
     mining: Literal["semihard", "hard", "all"] = "semihard"
     normalize: bool = True
     # online: mine inside each batch (`mining`); offline: train on triplets picked every
-    # `offline.every` steps from an embedded sample (pipeline/offline_triplets.py).
+    # `offline.every` steps from an embedded sample (pipeline/train/offline_triplets.py).
     selection: Literal["online", "offline"] = "online"
     offline: OfflineSelectionConfig = OfflineSelectionConfig()
 

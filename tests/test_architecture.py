@@ -3,6 +3,7 @@
 import ast
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ FORBIDDEN = {
     "losses": {"data_prep", "pipeline", "jobs"},
     "data_prep": {"pipeline", "jobs"},
     "pipeline": {"jobs"},
+    "benchmarks": {"jobs"},
 }
 SOURCE_DIRS = (*PACKAGES, "benchmarks", "tests", "facetrain", "configs")
 
@@ -66,6 +68,46 @@ def test_nothing_imports_the_old_top_level_names():
         for module, _ in _imports(path)
         if module.split(".")[0] in PACKAGES
     ]
+    assert not offenders, offenders
+
+
+def _private_loss_attributes() -> set[str]:
+    """Names of the private attributes and methods that losses/ defines."""
+    names = set()
+    for path in _python_files("losses"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+            elif isinstance(node, ast.FunctionDef):
+                names.add(node.name)
+    return {name for name in names if name.startswith("_") and not name.startswith("__")}
+
+
+def test_no_module_outside_losses_reads_a_private_attribute_of_a_loss():
+    private = _private_loss_attributes()
+    assert private, "expected losses/ to hold some private state"
+    offenders = [
+        f"{path.relative_to(ROOT)}:{node.lineno} reads .{node.attr}"
+        for path in _python_files("pipeline", "jobs", "data_prep", "benchmarks")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr in private
+    ]
+    assert not offenders, offenders
+
+
+def test_training_modules_import_few_names_from_any_sibling():
+    """pipeline/train/ files talk through small interfaces: at most 6 names from a sibling."""
+    offenders = []
+    for path in _python_files("pipeline/train"):
+        counts = Counter()
+        for module, names in _imports(path):
+            if module.startswith("facetrain.pipeline.train."):
+                counts[module] += len(names)
+        offenders += [
+            f"{path.name} imports {count} names from {module}"
+            for module, count in counts.items()
+            if count > 6
+        ]
     assert not offenders, offenders
 
 

@@ -1,7 +1,7 @@
 """MODEL on the command line -> a torch module, whichever of the accepted forms it takes.
 
 - a training checkpoint (`checkpoint.dir` or one `step-*` folder, via
-  `pipeline.checkpoint.load_backbone`), or a TorchScript file from `facetrain export` (so an
+  `pipeline.train.checkpoint.load_backbone`), or a TorchScript file from `facetrain export` (so an
   exported model can be evaluated like the original);
 - an MLflow run id (32 hex digits) -> `runs:/<id>/model`, the backbone the trainer logged;
 - a `runs:/...` or `models:/name/version` (or `models:/name@alias`) URI -> mlflow.pytorch.

@@ -13,6 +13,12 @@ Layout of `<checkpoint.dir>/step-00001000/`:
                           on any number of ranks picks out the rows it owns
     ranks/rank-00000.pt   RNG states; restored only when the world size matches
 
+`RankState` is the only code that knows this layout: `RankState.capture(trainer)` collects
+one rank's part and `save` writes it; `resume` finds the newest checkpoint and
+`RankState.apply` puts it back into a trainer built for any world size. In the class files
+a tensor is named `<term>.<tensor>` (e.g. `asoftmax.weight`) and its optimizer state
+`<term>.<tensor>@<state key>` (e.g. `asoftmax.weight@momentum_buffer`).
+
 Atomicity: every rank writes into `.tmp-step-…`; once all have finished, rank 0 writes
 `meta.json`, fsyncs and renames the folder to `step-…` in one `os.replace`, then points
 `latest` at it. A folder without a valid `meta.json` (or with a missing or short file) is
@@ -22,14 +28,34 @@ never loaded, so a run killed at any moment leaves either the old or the new che
 from __future__ import annotations
 
 import json
+import logging
 import os
+import random
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
+import torch.distributed as dist
 import yaml
+from facetrain.losses import reshard
+from facetrain.pipeline.train.engine import (
+    OPTIMIZER_STATE_KEYS,
+    backbone_optimizer_state,
+    load_backbone_optimizer_state,
+    load_backbone_weights,
+    materialise_optimizer_state,
+)
 from torch import nn
+
+if TYPE_CHECKING:
+    from facetrain.pipeline.config import TrainConfig
+    from facetrain.pipeline.train.trainer import Trainer
+
+log = logging.getLogger("facetrain.train")
 
 META = "meta.json"
 LATEST = "latest"
@@ -195,3 +221,189 @@ def load_backbone(path: str | Path) -> nn.Module:
     state = torch.load(checkpoint / "backbone.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(state)
     return model.eval()
+
+
+# ---------------------------------------------------------------------- one rank's state
+@dataclass
+class RankState:
+    """What one rank contributes to a checkpoint, in the file layout above.
+
+    backbone    backbone state_dict (rank 0 writes it)
+    replicated  the same on every rank: counters, backbone optimizer state by parameter
+                name, loss scalars (A-Softmax iteration), hooks' extra state
+    shard       this rank's class rows and their optimizer state (None without such terms)
+    rank_local  RNG states, restored only on the same world size
+    """
+
+    backbone: dict
+    replicated: dict
+    shard: dict | None
+    rank_local: dict
+
+    @classmethod
+    def capture(cls, trainer: Trainer) -> RankState:
+        """A collective call under ZeRO 1/2 (the owner ranks assemble each optimizer tensor)."""
+        cfg = trainer.cfg
+        objective = trainer.objective
+        named = dict(trainer.backbone.named_parameters())
+        optimizer_state = backbone_optimizer_state(trainer.engine, named, cfg.train.optimizer)
+        terms = objective.sharded_terms()
+        sharded = {
+            f"terms.{term}.{t}" for term, loss in terms.items() for t in loss.class_tensor_names
+        }
+        objective_state = {
+            k: v.cpu() for k, v in objective.state_dict().items() if k not in sharded
+        }
+        shard = None
+        if terms:
+            first = next(iter(terms.values()))
+            tensors = {}
+            for term, loss in terms.items():
+                for name, rows in loss.shard_state()["tensors"].items():
+                    tensors[f"{term}.{name}"] = rows
+            head_step = None
+            if trainer.head_optimizer is not None:
+                for prefix, param in _head_params_by_prefix(trainer):
+                    state = trainer.head_optimizer.state.get(param, {})
+                    for key in OPTIMIZER_STATE_KEYS[cfg.train.optimizer]:
+                        if key in state:
+                            tensors[f"{prefix}@{key}"] = state[key].detach().cpu().clone()
+                    if "step" in state:
+                        head_step = float(state["step"])
+            shard = {
+                "num_classes": first.num_classes,
+                "class_start": first.class_start,
+                "num_local_classes": first.num_local_classes,
+                "tensors": tensors,
+                "head_optimizer_step": head_step,
+            }
+        rank_local = {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+            "sampling": {
+                term: state
+                for term, loss in terms.items()
+                if (state := loss.rng_state()) is not None
+            },
+        }
+        if torch.cuda.is_available() and trainer.device.type == "cuda":
+            rank_local["cuda"] = torch.cuda.get_rng_state(trainer.device)
+        replicated = {
+            "step": trainer.step,
+            "skipped_steps": trainer.skipped_steps,
+            "nonfinite_in_row": trainer.nonfinite_in_row,
+            "backbone_optimizer": optimizer_state,
+            "objective": objective_state,
+            "extra": dict(trainer.extra_state),
+        }
+        backbone = {
+            k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
+            for k, v in trainer.backbone.state_dict().items()
+        }
+        return cls(backbone, replicated, shard, rank_local)
+
+    @staticmethod
+    def apply(
+        trainer: Trainer,
+        backbone: dict,
+        replicated: dict,
+        shards: list[dict],
+        rank_local: dict | None,
+    ) -> None:
+        """Restore a trainer from a checkpoint written by any world size (RNG only if the
+        world size matches: `rank_local` is None otherwise)."""
+        cfg = trainer.cfg
+        if cfg.train.zero_stage > 0 or trainer.precision != "fp32":
+            materialise_optimizer_state(trainer.engine, (2, 3, 112, 112), trainer.input_dtype)
+        load_backbone_weights(trainer.engine, backbone)
+        named = dict(trainer.backbone.named_parameters())
+        load_backbone_optimizer_state(trainer.engine, named, replicated["backbone_optimizer"])
+        trainer.objective.load_state_dict(replicated["objective"], strict=False)
+        trainer.step = int(replicated["step"])
+        trainer.skipped_steps = int(replicated["skipped_steps"])
+        trainer.nonfinite_in_row = int(replicated["nonfinite_in_row"])
+        trainer.extra_state = dict(replicated.get("extra", {}))
+
+        terms = trainer.objective.sharded_terms()
+        if terms:
+            first = next(iter(terms.values()))
+            rows = reshard(shards, first.class_start, first.num_local_classes)
+            for term, loss in terms.items():
+                loss.load_class_rows(
+                    {
+                        name: rows[f"{term}.{name}"].to(trainer.device)
+                        for name in loss.class_tensor_names
+                        if f"{term}.{name}" in rows
+                    }
+                )
+            if trainer.head_optimizer is not None:
+                step = shards[0].get("head_optimizer_step") if shards else None
+                for prefix, param in _head_params_by_prefix(trainer):
+                    for key in OPTIMIZER_STATE_KEYS[cfg.train.optimizer]:
+                        if f"{prefix}@{key}" in rows:
+                            trainer.head_optimizer.state[param][key] = rows[f"{prefix}@{key}"].to(
+                                param.device, param.dtype
+                            )
+                    if step is not None:
+                        trainer.head_optimizer.state[param]["step"] = torch.tensor(step)
+        if rank_local is not None:
+            torch.set_rng_state(rank_local["torch"])
+            np.random.set_state(rank_local["numpy"])
+            random.setstate(rank_local["python"])
+            for term, state in rank_local.get("sampling", {}).items():
+                if term in terms:
+                    terms[term].load_rng_state(state)
+            if "cuda" in rank_local and trainer.device.type == "cuda":
+                torch.cuda.set_rng_state(rank_local["cuda"], trainer.device)
+
+
+def _head_params_by_prefix(trainer: Trainer) -> list[tuple[str, nn.Parameter]]:
+    """(file name prefix, parameter) of each trainable class tensor, e.g. "asoftmax.weight"."""
+    names = {id(p): n for n, p in trainer.objective.named_parameters() if p.requires_grad}
+    return [(names[id(p)].removeprefix("terms."), p) for p in trainer.head_params]
+
+
+def _barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def save(trainer: Trainer, cfg: TrainConfig) -> Path:
+    """Write a checkpoint of `trainer` at its current step into cfg.checkpoint.dir; a
+    collective call (every rank, same step)."""
+    state = RankState.capture(trainer)
+    return save_checkpoint(
+        cfg.checkpoint.dir,
+        trainer.step,
+        trainer.rank,
+        trainer.world_size,
+        _barrier,
+        config=cfg.model_dump(mode="json"),
+        backbone_state=state.backbone if trainer.rank == 0 else None,
+        replicated=state.replicated if trainer.rank == 0 else None,
+        shard=state.shard,
+        rank_local=state.rank_local,
+        keep=cfg.checkpoint.keep,
+    )
+
+
+def resume(trainer: Trainer, cfg: TrainConfig) -> Path | None:
+    """Load the newest complete checkpoint of cfg.checkpoint.dir into `trainer`, if any
+    (written by any world size); returns it, or None when there is none yet."""
+    found = find_checkpoint(cfg.checkpoint.dir)
+    if found is None:
+        return None
+    meta = read_meta(found)
+    backbone, replicated = load_replicated(found)
+    same_world = meta["world_size"] == trainer.world_size
+    rank_local = load_rank_local(found, trainer.rank) if same_world else None
+    RankState.apply(trainer, backbone, replicated, load_shards(found), rank_local)
+    if trainer.rank == 0:
+        note = (
+            ""
+            if same_world
+            else f" (written by {meta['world_size']} ranks, resharded to {trainer.world_size})"
+        )
+        log.warning("resuming from %s at step %d%s", found, trainer.step, note)
+    return found

@@ -11,7 +11,6 @@ Two halves, two kinds of parallelism:
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
@@ -95,43 +94,6 @@ def build_engine(backbone: nn.Module, cfg: TrainConfig, world_size: int, precisi
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
-
-
-@torch.no_grad()
-def clip_sharded_grad_norm_(params: list[nn.Parameter], max_norm: float, group=None) -> float:
-    """Clip shards of one logical tensor set by their *global* norm (sum of squares across
-    ranks), so N ranks clip exactly like one process holding every row. Returns the norm."""
-    grads = [p.grad for p in params if p.grad is not None]
-    squares = torch.zeros((), dtype=torch.float64)
-    for grad in grads:
-        squares += grad.detach().double().pow(2).sum().cpu()
-    if dist.is_initialized() and dist.get_world_size(group) > 1:
-        dist.all_reduce(squares, group=group)
-    norm = math.sqrt(float(squares))
-    if max_norm > 0 and grads:
-        scale = max_norm / (norm + 1e-6)
-        if scale < 1.0:
-            for grad in grads:
-                grad.mul_(scale)
-    return norm
-
-
-@torch.no_grad()
-def average_buffers(module: nn.Module, group=None) -> None:
-    """Average floating buffers (BatchNorm running statistics) over ranks, so every rank
-    holds the same model and a checkpoint does not depend on which rank wrote it."""
-    if not dist.is_initialized() or dist.get_world_size(group) == 1:
-        return
-    buffers = [b for b in module.buffers() if b.is_floating_point()]
-    if not buffers:
-        return
-    flat = torch.cat([b.reshape(-1).float() for b in buffers])
-    dist.all_reduce(flat, group=group)
-    flat /= dist.get_world_size(group)
-    offset = 0
-    for buffer in buffers:
-        buffer.copy_(flat[offset : offset + buffer.numel()].view_as(buffer))
-        offset += buffer.numel()
 
 
 def _base_optimizer(optimizer):

@@ -1,16 +1,15 @@
 """Side effects attached around the training loop (TFace style): checkpoints, progress.
 
-A hook sees the trainer at three moments; the loop in `pipeline.run` knows nothing about
-what they do. MLflow tracking is a hook too (`pipeline.tracking.MlflowHook`).
+A hook sees the trainer at three moments; the loop in `loop.py` knows nothing about what
+they do. MLflow tracking is a hook too (`tracking.MlflowHook`).
 """
 
 from __future__ import annotations
 
 import logging
 
-import torch.distributed as dist
-from facetrain.pipeline.train import checkpoint
 from facetrain.pipeline.config import TrainConfig
+from facetrain.pipeline.train import checkpoint
 from facetrain.pipeline.train.trainer import StepOutput, Trainer
 from tqdm import tqdm
 
@@ -28,11 +27,6 @@ class Hook:
         pass
 
 
-def _barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
 class CheckpointHook(Hook):
     """Saves every `checkpoint.every` steps and at the end; `restore` resumes a run."""
 
@@ -42,41 +36,13 @@ class CheckpointHook(Hook):
 
     def restore(self, trainer: Trainer) -> bool:
         """Load the newest complete checkpoint of checkpoint.dir, if any (any world size)."""
-        found = checkpoint.find_checkpoint(self.cfg.checkpoint.dir)
-        if found is None:
+        if checkpoint.resume(trainer, self.cfg) is None:
             return False
-        meta = checkpoint.read_meta(found)
-        backbone, replicated = checkpoint.load_replicated(found)
-        same_world = meta["world_size"] == trainer.world_size
-        rank_local = checkpoint.load_rank_local(found, trainer.rank) if same_world else None
-        trainer.load_checkpoint_state(
-            backbone, replicated, checkpoint.load_shards(found), rank_local
-        )
         self.last_saved = trainer.step
-        if trainer.rank == 0:
-            note = (
-                ""
-                if same_world
-                else f" (written by {meta['world_size']} ranks, resharded to {trainer.world_size})"
-            )
-            log.warning("resuming from %s at step %d%s", found, trainer.step, note)
         return True
 
     def save(self, trainer: Trainer) -> None:
-        state = trainer.checkpoint_state()
-        checkpoint.save_checkpoint(
-            self.cfg.checkpoint.dir,
-            trainer.step,
-            trainer.rank,
-            trainer.world_size,
-            _barrier,
-            config=self.cfg.model_dump(mode="json"),
-            backbone_state=state["backbone"] if trainer.rank == 0 else None,
-            replicated=state["replicated"] if trainer.rank == 0 else None,
-            shard=state["shard"],
-            rank_local=state["rank_local"],
-            keep=self.cfg.checkpoint.keep,
-        )
+        checkpoint.save(trainer, self.cfg)
         self.last_saved = trainer.step
 
     def after_step(self, trainer: Trainer, out: StepOutput) -> None:

@@ -15,6 +15,7 @@ from facetrain.pipeline.config import TrainConfig
 from facetrain.pipeline.data.loader import build_loader
 from facetrain.pipeline.data.shards import read_dataset_index
 from facetrain.pipeline.data.transforms import normalize_batch
+from facetrain.pipeline.train.collectives import world_group
 from facetrain.pipeline.train.hooks import CheckpointHook, Hook, ProgressHook
 from facetrain.pipeline.train.offline_triplets import OfflineTriplets
 from facetrain.pipeline.train.trainer import Trainer
@@ -27,7 +28,7 @@ def run_rank(
     from facetrain.pipeline.train.tracking import MlflowHook
 
     index = read_dataset_index(cfg.data.shards, cfg.data.split)
-    trainer = Trainer(cfg, index.num_classes)
+    trainer = Trainer(cfg, index.num_classes, world_group())
     checkpoints = CheckpointHook(cfg)
     checkpoints.restore(trainer)
     hooks: list[Hook] = [checkpoints]

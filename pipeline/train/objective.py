@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 
-from facetrain.losses import LOSS_TYPES, build_loss
+from facetrain.losses import LOSS_TYPES, ClassShardedMixin, build_loss
 from facetrain.pipeline.config import LossTerm
 from torch import Tensor, nn
 
@@ -34,8 +34,8 @@ class Objective(nn.Module):
         self.weights: dict[str, float] = {}
         for term in terms:
             accepted = inspect.signature(LOSS_TYPES[term.type]).parameters
-            # selection/offline configure the batch source (pipeline.offline_triplets), not the loss.
-            params = term.model_dump(exclude={"type", "weight", "selection", "offline"})
+            # `offline` configures the batch source (offline_triplets), not the loss.
+            params = term.model_dump(exclude={"type", "weight", "offline"})
             params.update({key: value for key, value in context.items() if key in accepted})
             self.terms[term.type] = build_loss(term.type, **params)
             self.weights[term.type] = term.weight
@@ -46,19 +46,19 @@ class Objective(nn.Module):
         total = sum(self.weights[name] * value for name, value in values.items())
         return total, values
 
-    def sharded_terms(self) -> dict[str, nn.Module]:
+    def sharded_terms(self) -> dict[str, ClassShardedMixin]:
         """Terms that hold per-class rows for this rank's class range (classifier, centres)."""
-        return {name: loss for name, loss in self.terms.items() if hasattr(loss, "shard_state")}
+        return {
+            name: loss for name, loss in self.terms.items() if isinstance(loss, ClassShardedMixin)
+        }
 
     def statistics(self) -> dict[str, float]:
         """Scalars worth logging besides the loss values: A-Softmax lambda, active triplets."""
-        stats = {}
-        for name, loss in self.terms.items():
-            if hasattr(loss, "current_lambda"):
-                stats[f"{name}/lambda"] = float(loss.current_lambda)
-            for key, value in (getattr(loss, "last_stats", None) or {}).items():
-                stats[f"{name}/{key}"] = float(value)
-        return stats
+        return {
+            f"{name}/{key}": float(value)
+            for name, loss in self.terms.items()
+            for key, value in loss.statistics().items()
+        }
 
     def class_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -15,7 +15,8 @@ Round r covers steps [r * every, (r + 1) * every). At its first step, on every r
    ((s - r * every) * W + k) * triplets_per_batch onwards (cyclically), as rows a, p, n;
    a thread decodes the next step's batch while the current one trains.
 
-The triplet term then computes the loss of exactly those triplets (`SelectedTripletLoss`).
+The triplet term (built with selection: offline) then computes the loss of exactly those
+triplets, rows (a, p, n, ...), without mining.
 The round's shuffled triplets live in `trainer.extra_state`, so a checkpoint taken mid-round
 carries them; a resumed run re-streams the same sample and takes up the same batches.
 """
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
-from facetrain.losses.selected_triplets import SelectedTripletLoss, Selection, select_triplets
+from facetrain.losses.selected_triplets import Selection, select_triplets
 from facetrain.pipeline.config import TrainConfig, TripletTerm
 from facetrain.pipeline.data.shards import DatasetIndex, iter_identities
 from facetrain.pipeline.data.transforms import decode_rgb, hflip, normalize_batch
@@ -200,11 +201,6 @@ class OfflineTriplets(Hook):
                 "triplets, so set offline.triplets_per_batch or p*k >= 3"
             )
         self.group = trainer.group if trainer.world_size > 1 else None
-        # Offline mode trains on the selected triplets as given: swap the online-mining
-        # term for the loss of fixed (a, p, n) rows (same margin, no parameters or state).
-        trainer.objective.terms["triplet"] = SelectedTripletLoss(
-            term.margin, term.normalize, self.group
-        )
         self.round_index: int | None = None
         self.sample: RoundSample | None = None
         self.triplets: Tensor | None = None

@@ -1,33 +1,30 @@
-"""One training step, and the state a checkpoint needs, for one rank of a process group.
+"""One training step for one rank of a process group.
 
 `Trainer` owns the DeepSpeed engine (backbone), the objective (loss terms holding this rank's
-classifier/centre rows) and the head optimizer. It assumes `torch.distributed` is already
-initialised (our local launcher, torchrun or Ray Train); with world size 1 the same code runs
-without any collective in the losses. The loop around it lives in `pipeline.run`.
+classifier/centre rows) and the head optimizer. It takes the process group explicitly (None:
+one process, as in `losses/`); DeepSpeed still needs an initialised torch.distributed, which
+a one-rank gloo group provides when there is none. The loop around it lives in `loop.py`,
+and what a checkpoint holds of it in `checkpoint.RankState`.
 """
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from facetrain.pipeline.config import TrainConfig
 from facetrain.pipeline.models import build_backbone
-from facetrain.pipeline.train.engine import (
-    OPTIMIZER_STATE_KEYS,
+from facetrain.pipeline.train.collectives import (
+    all_ranks_true,
     average_buffers,
-    backbone_optimizer_state,
-    build_engine,
     clip_sharded_grad_norm_,
+)
+from facetrain.pipeline.train.engine import (
+    build_engine,
     ensure_process_group,
-    load_backbone_optimizer_state,
-    load_backbone_weights,
     make_optimizer,
-    materialise_optimizer_state,
     resolve_device,
     resolve_precision,
     set_lr,
@@ -56,23 +53,15 @@ class StepOutput:
     reason: str = ""
 
 
-def _all_ranks_true(flag: bool, device: torch.device, group=None) -> bool:
-    if not dist.is_initialized() or dist.get_world_size(group) == 1:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN, group=group)
-    return bool(value.item() > 0)
-
-
 class Trainer:
-    def __init__(self, cfg: TrainConfig, num_classes: int, group=None):
+    def __init__(self, cfg: TrainConfig, num_classes: int, group: dist.ProcessGroup | None):
+        """`group`: the ranks that train together (`collectives.world_group()` for all of
+        them), or None for one process."""
         ensure_process_group()
         self.cfg = cfg
-        if group is None and dist.is_initialized():
-            group = dist.group.WORLD
         self.group = group
-        self.rank = dist.get_rank(group) if dist.is_initialized() else 0
-        self.world_size = dist.get_world_size(group) if dist.is_initialized() else 1
+        self.rank = 0 if group is None else dist.get_rank(group)
+        self.world_size = 1 if group is None else dist.get_world_size(group)
         self.device = resolve_device(cfg)
         self.precision = resolve_precision(cfg, self.device)
         self.num_classes = num_classes
@@ -129,10 +118,10 @@ class Trainer:
         # (Centres only move with finite embeddings, which are checked first.)
         saved_buffers = self._small_buffers()
         embeddings = self.engine(images).float()
-        if not _all_ranks_true(bool(torch.isfinite(embeddings).all()), self.device, self.group):
+        if not all_ranks_true(bool(torch.isfinite(embeddings).all()), self.device, self.group):
             return self._skip("non-finite embeddings", started, saved_buffers)
         total, terms = self.objective(embeddings, labels)
-        if not _all_ranks_true(bool(torch.isfinite(total)), self.device, self.group):
+        if not all_ranks_true(bool(torch.isfinite(total)), self.device, self.group):
             detail = {k: float(v.detach()) for k, v in terms.items()}
             return self._skip(f"non-finite loss ({detail})", started, saved_buffers)
 
@@ -216,134 +205,3 @@ class Trainer:
             reason=reason,
             seconds=time.perf_counter() - started,
         )
-
-    # ------------------------------------------------------------------ checkpoint state
-    def _sharded_names(self) -> dict[str, tuple[str, ...]]:
-        return {
-            name: tuple(loss.class_tensor_names)
-            for name, loss in self.objective.sharded_terms().items()
-        }
-
-    def _head_param_names(self) -> dict[int, str]:
-        return {id(p): name for name, p in self.objective.named_parameters() if p.requires_grad}
-
-    def checkpoint_state(self) -> dict:
-        """{"backbone", "replicated", "shard", "rank_local"}; a collective call (ZeRO 1/2)."""
-        named = dict(self.backbone.named_parameters())
-        optimizer_state = backbone_optimizer_state(self.engine, named, self.cfg.train.optimizer)
-        sharded = {
-            f"terms.{term}.{t}" for term, names in self._sharded_names().items() for t in names
-        }
-        objective_state = {
-            k: v.cpu() for k, v in self.objective.state_dict().items() if k not in sharded
-        }
-
-        shard = None
-        terms = self.objective.sharded_terms()
-        if terms:
-            first = next(iter(terms.values()))
-            tensors = {}
-            for term, loss in terms.items():
-                for name, rows in loss.shard_state()["tensors"].items():
-                    tensors[f"{term}.{name}"] = rows
-            head_step = None
-            if self.head_optimizer is not None:
-                names = self._head_param_names()
-                for param in self.head_params:
-                    state = self.head_optimizer.state.get(param, {})
-                    for key in OPTIMIZER_STATE_KEYS[self.cfg.train.optimizer]:
-                        if key in state:
-                            tensors[f"{names[id(param)].removeprefix('terms.')}@{key}"] = (
-                                state[key].detach().cpu().clone()
-                            )
-                    if "step" in state:
-                        head_step = float(state["step"])
-            shard = {
-                "num_classes": first.num_classes,
-                "class_start": first.class_start,
-                "num_local_classes": first.num_local_classes,
-                "tensors": tensors,
-                "head_optimizer_step": head_step,
-            }
-        rank_local = {
-            "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
-            "python": random.getstate(),
-            "sampling": {
-                term: loss._sampling_generator.get_state()
-                for term, loss in terms.items()
-                if getattr(loss, "_sampling_generator", None) is not None
-            },
-        }
-        if torch.cuda.is_available() and self.device.type == "cuda":
-            rank_local["cuda"] = torch.cuda.get_rng_state(self.device)
-        replicated = {
-            "step": self.step,
-            "skipped_steps": self.skipped_steps,
-            "nonfinite_in_row": self.nonfinite_in_row,
-            "backbone_optimizer": optimizer_state,
-            "objective": objective_state,
-            "extra": dict(self.extra_state),
-        }
-        backbone = {
-            k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
-            for k, v in self.backbone.state_dict().items()
-        }
-        return {
-            "backbone": backbone,
-            "replicated": replicated,
-            "shard": shard,
-            "rank_local": rank_local,
-        }
-
-    def load_checkpoint_state(
-        self, backbone: dict, replicated: dict, shards: list[dict], rank_local: dict | None
-    ) -> None:
-        """Restore from a checkpoint written by any world size (RNG only if it matches)."""
-        from facetrain.losses import reshard
-
-        if self.cfg.train.zero_stage > 0 or self.precision != "fp32":
-            materialise_optimizer_state(self.engine, (2, 3, 112, 112), self.input_dtype)
-        load_backbone_weights(self.engine, backbone)
-        named = dict(self.backbone.named_parameters())
-        load_backbone_optimizer_state(self.engine, named, replicated["backbone_optimizer"])
-        self.objective.load_state_dict(replicated["objective"], strict=False)
-        self.step = int(replicated["step"])
-        self.skipped_steps = int(replicated["skipped_steps"])
-        self.nonfinite_in_row = int(replicated["nonfinite_in_row"])
-        self.extra_state = dict(replicated.get("extra", {}))
-
-        terms = self.objective.sharded_terms()
-        if terms:
-            first = next(iter(terms.values()))
-            rows = reshard(shards, first.class_start, first.num_local_classes)
-            for term, loss in terms.items():
-                loss.load_class_rows(
-                    {
-                        name: rows[f"{term}.{name}"].to(self.device)
-                        for name in loss.class_tensor_names
-                        if f"{term}.{name}" in rows
-                    }
-                )
-            if self.head_optimizer is not None:
-                names = self._head_param_names()
-                step = shards[0].get("head_optimizer_step") if shards else None
-                for param in self.head_params:
-                    prefix = names[id(param)].removeprefix("terms.")
-                    for key in OPTIMIZER_STATE_KEYS[self.cfg.train.optimizer]:
-                        if f"{prefix}@{key}" in rows:
-                            self.head_optimizer.state[param][key] = rows[f"{prefix}@{key}"].to(
-                                param.device, param.dtype
-                            )
-                    if step is not None:
-                        self.head_optimizer.state[param]["step"] = torch.tensor(step)
-        if rank_local is not None:
-            torch.set_rng_state(rank_local["torch"])
-            np.random.set_state(rank_local["numpy"])
-            random.setstate(rank_local["python"])
-            for term, state in rank_local.get("sampling", {}).items():
-                loss = terms.get(term)
-                if loss is not None:
-                    loss._generator().set_state(state)
-            if "cuda" in rank_local and self.device.type == "cuda":
-                torch.cuda.set_rng_state(rank_local["cuda"], self.device)

@@ -10,7 +10,7 @@ from tests.losses import references
 )
 def test_center_loss_value_gradient_and_update_match_reference(seed, batch, dim, num_classes):
     gen = torch.Generator().manual_seed(seed)
-    loss_fn = CenterLoss(num_classes, dim, alpha=0.3).double()
+    loss_fn = CenterLoss(dim, num_classes, alpha=0.3).double()
     loss_fn.centers.copy_(torch.randn(num_classes, dim, generator=gen, dtype=torch.float64))
     x = torch.randn(batch, dim, generator=gen, dtype=torch.float64, requires_grad=True)
     labels = torch.randint(0, num_classes, (batch,), generator=gen)
@@ -30,7 +30,7 @@ def test_center_loss_value_gradient_and_update_match_reference(seed, batch, dim,
 
 
 def test_centres_do_not_move_in_eval_mode_and_get_no_gradient():
-    loss_fn = CenterLoss(4, 3).double().eval()
+    loss_fn = CenterLoss(3, 4).double().eval()
     loss_fn.centers.normal_()
     before = loss_fn.centers.clone()
     x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
@@ -51,7 +51,7 @@ def test_centres_converge_to_class_means_over_repeated_steps():
 
 
 def test_center_gradcheck():
-    loss_fn = CenterLoss(3, 4).double().eval()
+    loss_fn = CenterLoss(4, 3).double().eval()
     loss_fn.centers.normal_()
     x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([0, 2, 2, 1, 0])
@@ -59,7 +59,7 @@ def test_center_gradcheck():
 
 
 def test_half_precision_embeddings_meet_float32_centres():
-    loss_fn = CenterLoss(3, 4).eval()
+    loss_fn = CenterLoss(4, 3).eval()
     loss_fn.centers.normal_()
     x = torch.randn(6, 4)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from facetrain.losses import (
     ASoftmaxLoss,
     CenterLoss,
+    ClassShardedMixin,
     SoftmaxLoss,
     TripletLoss,
     merge_shards,
@@ -114,7 +115,7 @@ def _build(case, world, group):
     if case["loss"] in ("softmax", "asoftmax"):
         return LOSSES[case["loss"]](DIM, _num_classes(case, world), **kwargs).to(case["dtype"])
     if case["loss"] == "center":
-        module = LOSSES["center"](_num_classes(case, world), DIM, **kwargs).to(case["dtype"])
+        module = LOSSES["center"](DIM, _num_classes(case, world), **kwargs).to(case["dtype"])
         # Non-zero start centres, keyed by class, so the first step's loss is not trivial.
         full = torch.linspace(-1, 1, _num_classes(case, world) * DIM, dtype=case["dtype"]).view(
             -1, DIM
@@ -130,7 +131,7 @@ def _run_case(name, case, world, rank, group):
     module = _build(case, world, group)
     row_start = sum(SIZES[world][:rank])
     out = {"steps": []}
-    if hasattr(module, "shard_state"):
+    if isinstance(module, ClassShardedMixin):
         out["initial"] = module.shard_state()
     for step in range(case.get("steps", 1)):
         x_all, labels_all = _batch(name, case, world, step)
@@ -147,10 +148,10 @@ def _run_case(name, case, world, rank, group):
                 "param_grads": {n: p.grad for n, p in module.named_parameters()},
                 "lambda": getattr(module, "current_lambda", None),
                 "sampled": getattr(module, "last_sampled_classes", None),
-                "stats": dict(getattr(module, "last_stats", {})),
+                "stats": module.statistics(),
             }
         )
-    if hasattr(module, "shard_state"):
+    if isinstance(module, ClassShardedMixin):
         out["final"] = module.shard_state()
     return out
 
@@ -209,7 +210,7 @@ def _single(name, case, world):
                 "x_grad": x_all.grad,
                 "param_grads": {n: p.grad for n, p in module.named_parameters()},
                 "lambda": getattr(module, "current_lambda", None),
-                "stats": dict(getattr(module, "last_stats", {})),
+                "stats": module.statistics(),
             }
         )
     return module, steps

@@ -30,6 +30,6 @@ def test_mining_on_large_batch_stays_quadratic(mining, batch):
     with LargestTensor() as probe:
         loss = loss_fn(x, labels)
         loss.backward()
-    assert torch.isfinite(loss) and loss_fn.last_stats["valid_pairs"] > 0
+    assert torch.isfinite(loss) and loss_fn.statistics()["valid_pairs"] > 0
     # The largest tensors are [B, B] (+1 column for the prefix sums); B³ would be B times more.
     assert probe.max_numel <= batch * (batch + 1)

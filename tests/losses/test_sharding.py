@@ -61,7 +61,7 @@ def test_modules_shard_and_restore_on_another_world_size():
 
 
 def test_reshard_reports_missing_classes():
-    states = [CenterLoss(6, 2).shard_state()]
+    states = [CenterLoss(2, 6).shard_state()]
     states[0]["num_local_classes"] = 4
     states[0]["tensors"]["centers"] = states[0]["tensors"]["centers"][:4]
     with pytest.raises(ValueError, match="cover 4 of the 6 classes"):
@@ -85,4 +85,4 @@ def test_class_tensor_names_list_what_the_module_holds():
     assert SoftmaxLoss(4, 3).class_tensor_names == ("weight", "bias")
     assert SoftmaxLoss(4, 3, bias=False).class_tensor_names == ("weight",)
     assert ASoftmaxLoss(4, 3).class_tensor_names == ("weight",)
-    assert CenterLoss(3, 4).class_tensor_names == ("centers",)
+    assert CenterLoss(4, 3).class_tensor_names == ("centers",)

@@ -68,7 +68,7 @@ def test_hand_built_all_counts_active_triplets():
     # a=0,p=1 (4): n at 1 (1), 3 (9)? 4-9+.5<0 -> only n=2 -> 1; a=1,p=0 (4): n d=1,1 -> 2;
     # a=2,p=3 (4): n d=1 (pos 0), 1 (pos 2) -> 2; a=3,p=2 (4): n d=1 (pos 2), 4 (pos 5)? 4-4+.5>0 -> 2;
     # a=5,p=6 (1): nearest negative d=25 -> 0; a=6,p=5: 0.
-    assert loss_fn.last_stats["num_active"] == 7
+    assert loss_fn.statistics()["num_active"] == 7
     expected, _ = references.triplet_loss(LINE, LINE_LABELS, 0.5, "all", normalize=False)
     torch.testing.assert_close(loss, expected)
 
@@ -113,15 +113,15 @@ def test_batch_without_valid_pair_returns_a_zero_in_the_graph(mining):
     assert torch.equal(x.grad, torch.zeros_like(x))
     single_class = TripletLoss(mining=mining)
     assert single_class(x, torch.zeros(4, dtype=torch.int64)).item() == 0.0  # no negatives
-    assert single_class.last_stats["valid_pairs"] == 0
+    assert single_class.statistics()["valid_pairs"] == 0
 
 
 def test_stats_report_pairs_and_active_fraction():
     loss_fn = TripletLoss(margin=0.5, mining="semihard", normalize=False)
     loss_fn(LINE, LINE_LABELS)
     expected_pairs = 2 + 2 + 2  # classes 0, 1 and 3 each give two ordered pairs
-    assert loss_fn.last_stats["valid_pairs"] == expected_pairs
-    assert 0.0 <= loss_fn.last_stats["active_fraction"] <= 1.0
+    assert loss_fn.statistics()["valid_pairs"] == expected_pairs
+    assert 0.0 <= loss_fn.statistics()["active_fraction"] <= 1.0
 
 
 def test_unknown_mining_mode_is_named():

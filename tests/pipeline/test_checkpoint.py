@@ -77,11 +77,12 @@ def restored_state(trainer):
 
 
 def restore(shards, ckpt_dir):
+    from facetrain.pipeline.train.collectives import world_group
     from facetrain.pipeline.train.hooks import CheckpointHook
     from facetrain.pipeline.train.trainer import Trainer
 
     cfg = make_config(shards, ckpt_dir, 6)
-    trainer = Trainer(cfg, 32)
+    trainer = Trainer(cfg, 32, world_group())
     assert CheckpointHook(cfg).restore(trainer)
     return restored_state(trainer)
 
@@ -193,6 +194,7 @@ def test_keep_prunes_old_checkpoints(tmp_path):
 def zero_stage_round_trip(rank, world_size):
     """Save under one ZeRO stage / optimizer, restore under another; next steps must agree."""
     from facetrain.pipeline.config import TrainConfig
+    from facetrain.pipeline.train.collectives import world_group
     from facetrain.pipeline.train.trainer import Trainer
 
     def config(stage, optimizer):
@@ -217,18 +219,16 @@ def zero_stage_round_trip(rank, world_size):
     ]
     results = []
     for saved_stage, loaded_stage, optimizer in [(2, 0, "sgd"), (0, 2, "sgd"), (1, 2, "adamw")]:
-        original = Trainer(config(saved_stage, optimizer), 10)
+        original = Trainer(config(saved_stage, optimizer), 10, world_group())
         for images, labels in batches[:2]:
             original.train_step(images, labels)
-        state = original.checkpoint_state()
-        restored = Trainer(config(loaded_stage, optimizer), 10)
-        restored.load_checkpoint_state(
-            state["backbone"], state["replicated"], [state["shard"]], None
-        )
-        again = restored.checkpoint_state()["replicated"]["backbone_optimizer"]
+        state = checkpoint.RankState.capture(original)
+        restored = Trainer(config(loaded_stage, optimizer), 10, world_group())
+        checkpoint.RankState.apply(restored, state.backbone, state.replicated, [state.shard], None)
+        again = checkpoint.RankState.capture(restored).replicated["backbone_optimizer"]
         results.append(
             {
-                "state": state["replicated"]["backbone_optimizer"],
+                "state": state.replicated["backbone_optimizer"],
                 "again": again,
                 "next": (
                     original.train_step(*batches[2]).loss,

@@ -55,11 +55,12 @@ def global_batches():
 
 
 def train_ranks(rank, world_size):
+    from facetrain.pipeline.train.collectives import world_group
     from facetrain.pipeline.train.trainer import Trainer
 
     results = {}
     for stage in (0, 2):
-        trainer = Trainer(make_config(stage), NUM_CLASSES)
+        trainer = Trainer(make_config(stage), NUM_CLASSES, world_group())
         losses = []
         for images, labels in global_batches():
             rows = slice(rank * P * K, (rank + 1) * P * K)
@@ -115,7 +116,7 @@ def single_process_reference():
     torch.manual_seed(cfg.train.seed)
     backbone = build_backbone("tiny", 8)
     softmax = SoftmaxLoss(8, NUM_CLASSES, seed=cfg.train.seed)
-    center = CenterLoss(NUM_CLASSES, 8, alpha=0.5)
+    center = CenterLoss(8, NUM_CLASSES, alpha=0.5)
     triplet = TripletLoss(mining="hard")
     sgd = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
     backbone_opt = torch.optim.SGD(backbone.parameters(), **sgd)

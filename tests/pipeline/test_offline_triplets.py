@@ -10,7 +10,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from facetrain.losses.selected_triplets import SelectedTripletLoss, select_triplets
+from facetrain.losses import TripletLoss
+from facetrain.losses.selected_triplets import select_triplets
 from facetrain.pipeline.train.offline_triplets import (
     batch_positions,
     choose_sample,
@@ -108,19 +109,19 @@ def test_random_within_margin_draws_uniformly_among_eligible():
     assert covered > 0.95
 
 
-def test_selected_triplet_loss_matches_brute_force():
+def test_offline_triplet_loss_matches_brute_force():
     embeddings, labels = fixed_sample(seed=2)
     triplets = select_triplets(embeddings, labels, 0.5, "hard").triplets[:12]
     rows = triplets.reshape(-1)
     batch = embeddings[rows].clone().requires_grad_(True)
-    loss_fn = SelectedTripletLoss(margin=0.5)
+    loss_fn = TripletLoss(margin=0.5, selection="offline")
     loss = loss_fn(batch, labels[rows])
     distances = squared_distances(embeddings)
     per_triplet = [
         max(0.0, distances[a][p] - distances[a][n] + 0.5) for a, p, n in triplets.tolist()
     ]
     assert float(loss.detach()) == pytest.approx(sum(per_triplet) / len(per_triplet), rel=1e-5)
-    assert loss_fn.last_stats["num_active"] == sum(v > 0 for v in per_triplet)
+    assert loss_fn.statistics()["num_active"] == sum(v > 0 for v in per_triplet)
     loss.backward()
     assert batch.grad is not None and torch.isfinite(batch.grad).all()
     with pytest.raises(ValueError, match="triplet 0 has labels"):

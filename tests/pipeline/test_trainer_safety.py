@@ -39,9 +39,10 @@ def snapshot(trainer):
 
 
 def nonfinite_scenario(cfg):
+    from facetrain.pipeline.train.collectives import world_group
     from facetrain.pipeline.train.trainer import NonFiniteLossError, Trainer
 
-    trainer = Trainer(cfg, 12)
+    trainer = Trainer(cfg, 12, world_group())
     images = torch.rand(6, 3, 112, 112) * 2 - 1
     labels = torch.tensor([0, 0, 5, 5, 9, 9])
     trainer.train_step(images, labels)
