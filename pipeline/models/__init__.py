@@ -8,6 +8,17 @@ Importing this package registers every backbone module below.
 
 from facetrain.pipeline.models import iresnet, mobilefacenet, tiny  # noqa: F401  (registration)
 from facetrain.pipeline.models.head import EmbeddingHead
-from facetrain.pipeline.models.registry import available_backbones, build_backbone, register
+from facetrain.pipeline.models.registry import (
+    available_backbones,
+    backbone_from_config,
+    build_backbone,
+    register,
+)
 
-__all__ = ["EmbeddingHead", "available_backbones", "build_backbone", "register"]
+__all__ = [
+    "EmbeddingHead",
+    "available_backbones",
+    "backbone_from_config",
+    "build_backbone",
+    "register",
+]

@@ -9,8 +9,12 @@ returns embeddings [B, embedding_size] that end without a ReLU.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from torch import nn
+
+if TYPE_CHECKING:
+    from facetrain.pipeline.config import ModelConfig
 
 BackboneFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, BackboneFactory] = {}
@@ -39,3 +43,9 @@ def build_backbone(name: str, embedding_size: int, **kwargs) -> nn.Module:
             f"model.backbone {name!r}: unknown backbone; expected one of {available_backbones()}"
         ) from None
     return factory(embedding_size=embedding_size, **kwargs)
+
+
+def backbone_from_config(model: ModelConfig) -> nn.Module:
+    """The backbone a config's `model:` section describes: the one place that reads it, so
+    training, checkpoints and logged models build the same network."""
+    return build_backbone(model.backbone, model.embedding_size, dropout=model.dropout)

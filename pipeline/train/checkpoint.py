@@ -208,7 +208,7 @@ def load_backbone(path: str | Path) -> nn.Module:
     """The trained backbone of a checkpoint (a `checkpoint.dir` or one step folder), on CPU
     in eval mode, rebuilt from the config saved with it."""
     from facetrain.pipeline.config import ModelConfig
-    from facetrain.pipeline.models import build_backbone
+    from facetrain.pipeline.models import backbone_from_config
 
     checkpoint = find_checkpoint(path)
     if checkpoint is None:
@@ -217,7 +217,7 @@ def load_backbone(path: str | Path) -> nn.Module:
         )
     # Only the model section: a checkpoint stays loadable when other config sections change.
     model_cfg = ModelConfig.model_validate(load_config_dict(checkpoint)["model"])
-    model = build_backbone(model_cfg.backbone, model_cfg.embedding_size, dropout=model_cfg.dropout)
+    model = backbone_from_config(model_cfg)
     state = torch.load(checkpoint / "backbone.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(state)
     return model.eval()

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from facetrain.pipeline.config import TrainConfig
-from facetrain.pipeline.models import build_backbone
+from facetrain.pipeline.models import backbone_from_config
 from facetrain.pipeline.train.hooks import Hook
 from facetrain.pipeline.train.trainer import StepOutput, Trainer
 
@@ -194,9 +194,7 @@ class MlflowHook(Hook):
 
         # A fresh module with the trained weights: the engine's module carries DeepSpeed
         # attributes (process groups, hooks) that neither pickle nor belong in a model.
-        model = build_backbone(
-            self.cfg.model.backbone, self.cfg.model.embedding_size, dropout=self.cfg.model.dropout
-        )
+        model = backbone_from_config(self.cfg.model)
         model.load_state_dict(
             {
                 k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()

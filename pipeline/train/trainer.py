@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 from facetrain.pipeline.config import TrainConfig
-from facetrain.pipeline.models import build_backbone
+from facetrain.pipeline.models import backbone_from_config
 from facetrain.pipeline.train.collectives import (
     all_ranks_true,
     average_buffers,
@@ -69,9 +69,7 @@ class Trainer:
         # Same seed on every rank: the backbone starts identical everywhere; the class rows
         # are keyed by (seed, class) inside the losses, independent of the world size.
         torch.manual_seed(cfg.train.seed)
-        backbone = build_backbone(
-            cfg.model.backbone, cfg.model.embedding_size, dropout=cfg.model.dropout
-        )
+        backbone = backbone_from_config(cfg.model)
         loss_group = group if self.world_size > 1 else None
         self.objective = Objective(
             cfg.loss, num_classes, cfg.model.embedding_size, group=loss_group, seed=cfg.train.seed
