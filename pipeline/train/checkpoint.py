@@ -297,6 +297,8 @@ class RankState:
             "objective": objective_state,
             "extra": dict(trainer.extra_state),
         }
+        if trainer.loss_scale is not None:
+            replicated["loss_scale"] = trainer.loss_scale.state_dict()
         backbone = {
             k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
             for k, v in trainer.backbone.state_dict().items()
@@ -314,8 +316,8 @@ class RankState:
         """Restore a trainer from a checkpoint written by any world size (RNG only if the
         world size matches: `rank_local` is None otherwise)."""
         cfg = trainer.cfg
-        if cfg.train.zero_stage > 0 or trainer.precision != "fp32":
-            materialise_optimizer_state(trainer.engine, (2, 3, 112, 112), trainer.input_dtype)
+        if cfg.train.zero_stage > 0:
+            materialise_optimizer_state(trainer.engine, (2, 3, 112, 112), torch.float32)
         load_backbone_weights(trainer.engine, backbone)
         named = dict(trainer.backbone.named_parameters())
         load_backbone_optimizer_state(trainer.engine, named, replicated["backbone_optimizer"])
@@ -324,6 +326,8 @@ class RankState:
         trainer.skipped_steps = int(replicated["skipped_steps"])
         trainer.nonfinite_in_row = int(replicated["nonfinite_in_row"])
         trainer.extra_state = dict(replicated.get("extra", {}))
+        if trainer.loss_scale is not None and "loss_scale" in replicated:
+            trainer.loss_scale.load_state_dict(replicated["loss_scale"])
 
         terms = trainer.objective.sharded_terms()
         if terms:

@@ -28,10 +28,13 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
-    """fp32 on CPU, bf16 on GPU unless the config names one."""
+    """fp32 on CPU; on GPU bf16 where the card has it (Ampere and later), else fp16; unless
+    the config names one."""
     if cfg.train.precision != "auto":
         return cfg.train.precision
-    return "bf16" if device.type == "cuda" else "fp32"
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 def make_optimizer(params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
@@ -43,15 +46,15 @@ def make_optimizer(params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer
     return torch.optim.AdamW(params, lr=lr, weight_decay=train.weight_decay)
 
 
-def deepspeed_config(cfg: TrainConfig, world_size: int, precision: str) -> dict:
+def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
+    """The engine always holds fp32 weights: mixed precision is autocast around the forward
+    (see precision.py), so DeepSpeed's own bf16/fp16 modes stay off."""
     return {
         "train_micro_batch_size_per_gpu": cfg.data.batch.size,
         "train_batch_size": cfg.data.batch.size * world_size,
         "gradient_accumulation_steps": 1,
         "gradient_clipping": cfg.train.grad_clip,
         "zero_optimization": {"stage": cfg.train.zero_stage},
-        "bf16": {"enabled": precision == "bf16"},
-        "fp16": {"enabled": precision == "fp16", "initial_scale_power": 16},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,
@@ -71,7 +74,7 @@ def ensure_process_group() -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
 
 
-def build_engine(backbone: nn.Module, cfg: TrainConfig, world_size: int, precision: str):
+def build_engine(backbone: nn.Module, cfg: TrainConfig, world_size: int):
     """`deepspeed.initialize` on an already-initialised process group; returns the engine."""
     import deepspeed
 
@@ -85,7 +88,7 @@ def build_engine(backbone: nn.Module, cfg: TrainConfig, world_size: int, precisi
     engine, *_ = deepspeed.initialize(
         model=backbone,
         optimizer=optimizer,
-        config=deepspeed_config(cfg, world_size, precision),
+        config=deepspeed_config(cfg, world_size),
         dist_init_required=False,
     )
     return engine

@@ -39,6 +39,7 @@ from facetrain.pipeline.config import TrainConfig, TripletTerm
 from facetrain.pipeline.data.shards import DatasetIndex, iter_identities
 from facetrain.pipeline.data.transforms import decode_rgb, hflip, normalize_batch
 from facetrain.pipeline.train.hooks import Hook
+from facetrain.pipeline.train.precision import autocast
 from facetrain.pipeline.train.trainer import StepOutput, Trainer
 from torch import Tensor
 
@@ -111,10 +112,11 @@ def embed_sample(
     embedding_size: int,
     chunk_size: int,
     device: torch.device,
-    dtype: torch.dtype = torch.float32,
+    precision: str = "fp32",
     group: dist.ProcessGroup | None = None,
 ) -> Tensor:
-    """float32 [N, D] embeddings of all `images` on every rank (eval mode, no flips).
+    """float32 [N, D] embeddings of all `images` on every rank (eval mode, no flips; the
+    backbone under the training's autocast).
 
     Rank k embeds chunks k, k + W, ...; the others' rows stay zero until the all-reduce sum.
     """
@@ -133,8 +135,9 @@ def embed_sample(
                         for i, data in enumerate(chunk)
                     ]
                 )
-                batch = normalize_batch(torch.from_numpy(pixels)).to(device, dtype)
-                embeddings_all[start : start + len(chunk)] = backbone(batch).float()
+                batch = normalize_batch(torch.from_numpy(pixels)).to(device)
+                with autocast(device, precision):
+                    embeddings_all[start : start + len(chunk)] = backbone(batch).float()
     finally:
         backbone.train(was_training)
     if world > 1:
@@ -243,7 +246,7 @@ class OfflineTriplets(Hook):
             self.cfg.model.embedding_size,
             self.cfg.data.batch.size,
             trainer.device,
-            trainer.input_dtype,
+            trainer.precision,
             self.group,
         )
         embedded = time.perf_counter()

@@ -30,6 +30,7 @@ from facetrain.pipeline.train.engine import (
     set_lr,
 )
 from facetrain.pipeline.train.objective import Objective
+from facetrain.pipeline.train.precision import DynamicLossScale, autocast
 from facetrain.pipeline.train.schedule import lr_factor
 from torch import Tensor
 
@@ -74,7 +75,9 @@ class Trainer:
         self.objective = Objective(
             cfg.loss, num_classes, cfg.model.embedding_size, group=loss_group, seed=cfg.train.seed
         ).to(self.device)
-        self.engine = build_engine(backbone.to(self.device), cfg, self.world_size, self.precision)
+        self.engine = build_engine(backbone.to(self.device), cfg, self.world_size)
+        # fp16 gradients underflow without a loss scale; bf16 has fp32's exponent range.
+        self.loss_scale = DynamicLossScale() if self.precision == "fp16" else None
         self.head_params = self.objective.class_parameters()
         self.head_optimizer = (
             make_optimizer(self.head_params, cfg, self.head_lr) if self.head_params else None
@@ -94,10 +97,6 @@ class Trainer:
     def head_lr(self) -> float:
         return self.cfg.train.head_lr or self.cfg.train.lr
 
-    @property
-    def input_dtype(self) -> torch.dtype:
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
-
     # ------------------------------------------------------------------ the step
     def train_step(self, images: Tensor, labels: Tensor) -> StepOutput:
         """One optimisation step on this rank's batch (float images in [-1, 1])."""
@@ -108,14 +107,16 @@ class Trainer:
             set_lr(self.head_optimizer, self.head_lr * factor)
         self.engine.train()
         self.objective.train()
-        images = images.to(self.device, self.input_dtype, non_blocking=True)
+        images = images.to(self.device, torch.float32, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
 
         # A skipped step must leave no trace: the forward pass already moved BatchNorm's
         # running statistics and the losses' counters (A-Softmax lambda), so keep copies.
         # (Centres only move with finite embeddings, which are checked first.)
         saved_buffers = self._small_buffers()
-        embeddings = self.engine(images).float()
+        with autocast(self.device, self.precision):
+            embeddings = self.engine(images)
+        embeddings = embeddings.float()  # the losses and the class-sharded layer stay fp32
         if not all_ranks_true(bool(torch.isfinite(embeddings).all()), self.device, self.group):
             return self._skip("non-finite embeddings", started, saved_buffers)
         total, terms = self.objective(embeddings, labels)
@@ -123,25 +124,24 @@ class Trainer:
             detail = {k: float(v.detach()) for k, v in terms.items()}
             return self._skip(f"non-finite loss ({detail})", started, saved_buffers)
 
-        self.engine.backward(total)
+        if self.loss_scale is None:
+            self.engine.backward(total)
+        else:
+            self.engine.backward(self.loss_scale.scaled(total))
+            params = [*self.backbone.parameters(), *self.head_params]
+            finite = self.loss_scale.unscale_(params, self.device, self.group)
+            self.loss_scale.update(finite)
+            if not finite:
+                return self._skip_overflow(started, saved_buffers)
         grad_norm = self._backbone_grad_norm()
         head_norm = None
         if self.head_optimizer is not None:
-            # fp16: DeepSpeed scaled the loss, so the shards' gradients carry its scale too.
-            loss_scale = float(getattr(self.engine.optimizer, "loss_scale", 1.0) or 1.0)
-            if self.precision == "fp16" and loss_scale != 1.0:
-                for param in self.head_params:
-                    if param.grad is not None:
-                        param.grad.div_(loss_scale)
             head_norm = clip_sharded_grad_norm_(
                 self.head_params, self.cfg.train.grad_clip, self.group
             )
-        overflow_skips = self.engine.skipped_steps
         self.engine.step()
         if self.head_optimizer is not None:
-            # An fp16 overflow makes DeepSpeed skip the backbone step: skip the shards too.
-            if self.engine.skipped_steps == overflow_skips:
-                self.head_optimizer.step()
+            self.head_optimizer.step()
             self.head_optimizer.zero_grad(set_to_none=True)
         average_buffers(self.backbone, self.group)
         if grad_norm is None:
@@ -178,18 +178,35 @@ class Trainer:
         buffers += [b for b in self.objective.buffers() if b.numel() == 1]
         return [(buffer, buffer.detach().clone()) for buffer in buffers]
 
-    def _skip(
-        self, reason: str, started: float, saved_buffers: list[tuple[Tensor, Tensor]]
-    ) -> StepOutput:
+    def _undo(self, saved_buffers: list[tuple[Tensor, Tensor]]) -> None:
         with torch.no_grad():
             for buffer, copy in saved_buffers:
                 buffer.copy_(copy)
         self.step += 1
         self.skipped_steps += 1
-        self.nonfinite_in_row += 1
         self.engine.zero_grad()
         if self.head_optimizer is not None:
             self.head_optimizer.zero_grad(set_to_none=True)
+
+    def _skip_overflow(
+        self, started: float, saved_buffers: list[tuple[Tensor, Tensor]]
+    ) -> StepOutput:
+        """An fp16 gradient overflowed: the scale was halved; not a sign of divergence, so
+        it does not count towards max_nonfinite_in_row."""
+        self._undo(saved_buffers)
+        return StepOutput(
+            step=self.step - 1,
+            skipped=True,
+            loss=float("nan"),
+            reason=f"fp16 gradient overflow (loss scale now {self.loss_scale.scale:g})",
+            seconds=time.perf_counter() - started,
+        )
+
+    def _skip(
+        self, reason: str, started: float, saved_buffers: list[tuple[Tensor, Tensor]]
+    ) -> StepOutput:
+        self._undo(saved_buffers)
+        self.nonfinite_in_row += 1
         if self.nonfinite_in_row >= self.cfg.train.max_nonfinite_in_row:
             raise NonFiniteLossError(
                 f"step {self.step - 1}: {reason}; {self.nonfinite_in_row} non-finite steps in a row "
