@@ -1,8 +1,17 @@
-"""`facetrain train --config FILE [--set k=v ...] [--nproc N]`."""
+"""`facetrain train --config FILE [--set k=v ...] [--nproc N] [--nnodes N --node-rank R
+--master-addr ADDR [--master-port P]]`.
+
+One host: `--nproc N` local ranks. Several hosts without Ray: run the same command on each
+host with torchrun's flags (rank r of node n is n * nproc + r). Started by torchrun or
+Slurm, each process is one rank and takes its numbers from the environment (RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT, or SLURM_PROCID / SLURM_NTASKS /
+SLURM_LOCALID with MASTER_ADDR).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from facetrain.jobs.cli.common import UsageError, add_config_options
@@ -12,27 +21,58 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train a face embedding model on prepared shards (resumes from checkpoint.dir)",
-        description="Train on `facetrain prep` shards with N local ranks; prints 'MLflow run: <id>'.",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_options(parser)
-    parser.add_argument("--nproc", type=int, default=1, metavar="N", help="local ranks (default 1)")
+    parser.add_argument(
+        "--nproc", type=int, default=1, metavar="N", help="ranks on this host (default 1)"
+    )
+    nodes = parser.add_argument_group("several hosts without Ray (torchrun's semantics)")
+    nodes.add_argument("--nnodes", type=int, default=1, metavar="N", help="hosts in the run")
+    nodes.add_argument(
+        "--node-rank", type=int, default=0, metavar="R", help="this host's number, 0..N-1"
+    )
+    nodes.add_argument(
+        "--master-addr", metavar="ADDR", help="address of node 0, reachable from every host"
+    )
+    nodes.add_argument("--master-port", type=int, default=29500, metavar="P", help="default 29500")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from facetrain.jobs.cli.config import load_config
     from facetrain.pipeline.config import TrainConfig
+    from facetrain.pipeline.train.rendezvous import Rendezvous, rank_from_environment
 
     if args.config is None:
         raise UsageError("--config FILE is required (see configs/ for examples)")
     if args.nproc < 1:
         raise UsageError(f"--nproc {args.nproc}: expected at least 1")
+    if args.nnodes > 1 and not args.master_addr:
+        raise UsageError(f"--nnodes {args.nnodes}: --master-addr (node 0's address) is required")
+    try:
+        launched = (
+            None if args.nnodes > 1 or args.master_addr else rank_from_environment(os.environ)
+        )
+        rendezvous = (
+            Rendezvous(args.master_addr, args.master_port, args.nnodes, args.node_rank, args.nproc)
+            if args.master_addr
+            else None
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    if launched is not None and args.nproc != 1:
+        raise UsageError(
+            f"--nproc {args.nproc}: this process is rank {launched.rank} of a run started by "
+            "torchrun or Slurm (RANK/WORLD_SIZE are set); let the launcher start the ranks"
+        )
     cfg = load_config(TrainConfig, args.config, args.overrides)
 
     import logging
 
     from facetrain.pipeline.data.shards import read_dataset_index
-    from facetrain.pipeline.train.launch import TrainingFailed, train_local
+    from facetrain.pipeline.train import launch
 
     try:  # a missing or unusable shard set is the user's input: exit 2 before any rank starts
         read_dataset_index(cfg.data.shards, cfg.data.split)
@@ -41,11 +81,20 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        summary = train_local(cfg, args.nproc)
-    except TrainingFailed as err:
+        if rendezvous is not None:
+            summary = launch.train_nodes(cfg, rendezvous)
+        elif launched is not None:
+            summary = launch.run_environment_rank(cfg, launched)
+        else:
+            summary = launch.train_local(cfg, args.nproc)
+    except launch.TrainingFailed as err:
         print(f"facetrain train: error: {err}", file=sys.stderr)
         return 1
+    if summary is None:  # another host holds rank 0 and reports the run
+        print("facetrain train: this host's ranks finished; node 0 reports the run")
+        return 0
     print(f"checkpoint: {summary.get('checkpoint')}")
+    print(f"ranks on hosts: {', '.join(summary.get('rank_hosts') or [])}")
     if summary.get("mlflow_run_id"):
         print(f"MLflow run: {summary['mlflow_run_id']}")
     elif not cfg.mlflow.enabled:

@@ -38,9 +38,11 @@ def clip_sharded_grad_norm_(params: list[nn.Parameter], max_norm: float, group=N
     """Clip shards of one logical tensor set by their *global* norm (sum of squares across
     ranks), so N ranks clip exactly like one process holding every row. Returns the norm."""
     grads = [p.grad for p in params if p.grad is not None]
-    squares = torch.zeros((), dtype=torch.float64)
+    # On the parameters' device: under NCCL a CPU tensor cannot be all-reduced.
+    device = params[0].device if params else torch.device("cpu")
+    squares = torch.zeros((), dtype=torch.float64, device=device)
     for grad in grads:
-        squares += grad.detach().double().pow(2).sum().cpu()
+        squares += grad.detach().double().pow(2).sum()
     if not _single(group):
         dist.all_reduce(squares, group=group)
     norm = math.sqrt(float(squares))

@@ -21,12 +21,6 @@ from torch import nn
 OPTIMIZER_STATE_KEYS = {"sgd": ("momentum_buffer",), "adamw": ("exp_avg", "exp_avg_sq")}
 
 
-def resolve_device(cfg: TrainConfig) -> torch.device:
-    if cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
     """fp32 on CPU; on GPU bf16 where the card has it (Ampere and later), else fp16; unless
     the config names one."""

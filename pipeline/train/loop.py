@@ -18,6 +18,7 @@ from facetrain.pipeline.data.transforms import normalize_batch
 from facetrain.pipeline.train.collectives import world_group
 from facetrain.pipeline.train.hooks import CheckpointHook, Hook, ProgressHook
 from facetrain.pipeline.train.offline_triplets import OfflineTriplets
+from facetrain.pipeline.train.rendezvous import gather_rank_hosts
 from facetrain.pipeline.train.trainer import Trainer
 
 
@@ -28,14 +29,16 @@ def run_rank(
     from facetrain.pipeline.train.tracking import MlflowHook
 
     index = read_dataset_index(cfg.data.shards, cfg.data.split)
-    trainer = Trainer(cfg, index.num_classes, world_group())
+    group = world_group()
+    rank_hosts = gather_rank_hosts(group)
+    trainer = Trainer(cfg, index.num_classes, group)
     checkpoints = CheckpointHook(cfg)
     checkpoints.restore(trainer)
     hooks: list[Hook] = [checkpoints]
     if trainer.rank == 0:
         hooks.append(ProgressHook(cfg.train.steps, enabled=progress))
         if cfg.mlflow.enabled:
-            hooks.append(MlflowHook(cfg, index.manifest, trainer.world_size))
+            hooks.append(MlflowHook(cfg, index.manifest, trainer.world_size, rank_hosts))
     hooks += list(extra_hooks)
 
     # Offline triplet selection (a triplet term with selection: offline) replaces the loader.
@@ -69,6 +72,7 @@ def run_rank(
         "steps": trainer.step,
         "skipped_steps": trainer.skipped_steps,
         "world_size": trainer.world_size,
+        "rank_hosts": rank_hosts,
     }
     for hook in hooks:
         hook.on_end(trainer, summary)

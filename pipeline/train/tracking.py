@@ -73,10 +73,13 @@ def step_metrics(out: StepOutput) -> dict[str, float]:
 
 
 class MlflowHook(Hook):
-    def __init__(self, cfg: TrainConfig, manifest: dict, world_size: int):
+    def __init__(
+        self, cfg: TrainConfig, manifest: dict, world_size: int, rank_hosts: list[str] | None = None
+    ):
         self.cfg = cfg
         self.manifest = manifest
         self.world_size = world_size
+        self.rank_hosts = rank_hosts
         self.records_path = Path(cfg.checkpoint.dir) / "tracking" / "records.jsonl"
         self.offline = False
         self.run_id: str | None = None
@@ -123,6 +126,9 @@ class MlflowHook(Hook):
             "data_manifest_sha256": manifest_hash(self.manifest),
             "backbone": self.cfg.model.backbone,
         }
+        if self.rank_hosts is not None:
+            # Which machine each rank ran on, in rank order: where to look when one is slow.
+            tags["facetrain.rank_hosts"] = json.dumps(self.rank_hosts)
         self._record("start", {"params": params, "tags": tags, "resumed_run_id": resumed_id})
 
         def start() -> Any:

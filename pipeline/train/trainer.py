@@ -21,11 +21,11 @@ from facetrain.pipeline.train.collectives import (
     average_buffers,
     clip_sharded_grad_norm_,
 )
+from facetrain.pipeline.train.devices import training_device
 from facetrain.pipeline.train.engine import (
     build_engine,
     ensure_process_group,
     make_optimizer,
-    resolve_device,
     resolve_precision,
     set_lr,
 )
@@ -63,7 +63,7 @@ class Trainer:
         self.group = group
         self.rank = 0 if group is None else dist.get_rank(group)
         self.world_size = 1 if group is None else dist.get_world_size(group)
-        self.device = resolve_device(cfg)
+        self.device = training_device(cfg.train.device)
         self.precision = resolve_precision(cfg, self.device)
         self.num_classes = num_classes
 
