@@ -43,3 +43,14 @@ def test_doctor_reports_pil_torch_deepspeed_ray_mlflow(capsys):
     import torch
 
     assert torch.__version__ in rows["torch"]
+
+
+def test_doctor_says_what_auto_trains_on_here():
+    import torch
+    from facetrain.jobs.cli.doctor import gpu_rows
+
+    rows = dict(gpu_rows())
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert rows["training device"].startswith(expected)
+    if not torch.cuda.is_available():
+        assert rows["cuda"].startswith("not available")
