@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 
 import torch.distributed as dist
-from facetrain.pipeline.train import checkpoint
 from facetrain.pipeline.config import TrainConfig
+from facetrain.pipeline.train import checkpoint
 from facetrain.pipeline.train.trainer import StepOutput, Trainer
 from tqdm import tqdm
 
