@@ -5,24 +5,18 @@ nccl on GPUs) that each run `loop.run_rank` and returns rank 0's summary.
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from facetrain.pipeline.config import TrainConfig
+from facetrain.pipeline.ports import free_port
 from facetrain.pipeline.train.loop import run_rank
 
 
 class TrainingFailed(RuntimeError):
     """A rank of a local launch failed; the message is that rank's error."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _rank_main(
