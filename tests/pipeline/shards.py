@@ -1,10 +1,10 @@
 """Tiny identity-grouped shards in the `facetrain prep` format, written directly for tests.
 
 Each identity's faces are a flat colour chosen from its label plus noise, so a tiny CNN can
-learn them in a few steps (the demo renderer's faces, facetrain.jobs.demo.synthetic_faces, are built to need
-many more);
-images are contiguous per identity inside one shard. The tar and dataset.json come from
-data_prep's own writer and schema, so these shards are what prep writes, pixels aside.
+learn them in a few steps (the demo's faces, facetrain.jobs.demo.synthetic_faces, are made to
+be hard for pixels and take far more); images are contiguous per identity inside one shard.
+The tar and dataset.json come from data_prep's own writer and schema, so these shards are
+what prep writes, pixels aside.
 """
 
 from __future__ import annotations
