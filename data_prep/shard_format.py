@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from facetrain.data_prep.errors import describe_validation_error
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 FORMAT = "facetrain-shards/1"
@@ -92,19 +93,4 @@ def parse_dataset_json(data: bytes | str, location: str) -> DatasetManifest:
     try:
         return DatasetManifest.model_validate(tree)
     except ValidationError as err:
-        raise DatasetFormatError(f"{location}: {_first_problem(err)}") from None
-
-
-def _first_problem(err: ValidationError) -> str:
-    """`key 'splits.train.shards.0.samples': expected int, got 'many'` (+ how many more)."""
-    problems = err.errors()
-    first = problems[0]
-    key = ".".join(str(part) for part in first["loc"]) or "<top level>"
-    if first["type"] == "missing":
-        text = f"missing key '{key}'"
-    else:
-        got = repr(first.get("input"))
-        got = got if len(got) <= 60 else got[:57] + "..."  # one line, even for a whole subtree
-        text = f"key '{key}': {first['msg'].lower()}, got {got}"
-    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
-    return text + more
+        raise DatasetFormatError(f"{location}: {describe_validation_error(err)}") from None
