@@ -18,7 +18,6 @@ import gc
 import json
 import os
 import resource
-import socket
 import statistics
 import tempfile
 import time
@@ -30,15 +29,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from facetrain.losses import LOSS_TYPES, TripletLoss
 from facetrain.losses.distributed import gather_batch
+from facetrain.pipeline.ports import free_port
 from tqdm import tqdm
 
 MIB = 2**20
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _local_batch(seed: int, global_batch: int, dim: int, num_classes: int, rank: int, world: int):
@@ -135,7 +129,7 @@ def _launch(kind: str, world: int, spec: dict) -> list[dict]:
     with tempfile.TemporaryDirectory() as out_dir:
         mp.start_processes(
             _worker,
-            args=(world, _free_port(), out_dir, kind, spec),
+            args=(world, free_port(), out_dir, kind, spec),
             nprocs=world,
             join=True,
             start_method="spawn",

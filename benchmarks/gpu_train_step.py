@@ -25,8 +25,8 @@ ARCFACE_TORCH_R50 = 740.0  # samples/s per GPU, arcface_torch's published r50 fi
 
 def _run(backbone: str, batch: int, classes: int, steps: int, warmup: int, device: str) -> dict:
     from facetrain.pipeline.config import TrainConfig
+    from facetrain.pipeline.ports import free_port
     from facetrain.pipeline.train.collectives import world_group
-    from facetrain.pipeline.train.launch import free_port
     from facetrain.pipeline.train.trainer import Trainer
 
     if not dist.is_initialized():

@@ -20,6 +20,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -51,6 +52,7 @@ OBJECTIVES: dict[str, list[dict]] = {
     ],
 }
 EXPERIMENT = "lfw-view1-objectives"
+RUN_LINE = re.compile(r"MLflow run: ([0-9a-f]{32})")  # what `facetrain train` prints at the end
 
 
 def read_people(path: Path) -> dict[str, int]:
@@ -120,25 +122,63 @@ def train_one(
 ) -> tuple[str, float]:
     import shutil
 
-    from facetrain.jobs.cli.config import save_resolved, validate
-    from facetrain.jobs.demo.run import run_train_cli
+    import yaml
     from facetrain.pipeline.config import TrainConfig
 
     loss = OBJECTIVES.get(
         name, OBJECTIVES["asoftmax+triplet"]
     )  # the calibration run: the costliest
-    config = validate(
-        TrainConfig, train_tree(args, name, loss, shards, tracking_uri, experiment), source=name
+    config = TrainConfig.model_validate(
+        train_tree(args, name, loss, shards, tracking_uri, experiment)
     )
     # A checkpoint left by an earlier run would resume it: every measurement starts fresh.
     shutil.rmtree(config.checkpoint.dir, ignore_errors=True)
     slug = name.replace("+", "-")
-    config_path = save_resolved(config, args.out / f"train-{slug}.yaml")
+    config_path = args.out / f"train-{slug}.yaml"  # the resolved config, as the CLI saves it
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     started = time.perf_counter()
-    run_id = run_train_cli(
-        config_path, args.nproc, args.out / f"train-{slug}.log", tracking_uri, echo=_quiet_echo
+    run_id = run_train_command(
+        config_path, args.nproc, args.out / f"train-{slug}.log", tracking_uri
     )
     return run_id, time.perf_counter() - started
+
+
+def run_train_command(config_path: Path, nproc: int, log_path: Path, tracking_uri: str) -> str:
+    """`facetrain train` as a user runs it (a fresh interpreter that launches the ranks), its
+    output into `log_path`; returns the run id from its `MLflow run: <id>` line. The command,
+    not an import: benchmarks measure the product and stay out of `jobs`."""
+    import shutil
+    import subprocess
+
+    import torch
+
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri)
+    env.setdefault("OMP_NUM_THREADS", "1")  # one thread per rank: ranks share the cores
+    if not torch.cuda.is_available():
+        env.setdefault("DS_ACCELERATOR", "cpu")
+    # The console script of this interpreter's environment, else the one on PATH.
+    beside = Path(sys.executable).with_name("facetrain")
+    facetrain = str(beside) if beside.exists() else shutil.which("facetrain")
+    if facetrain is None:
+        raise FileNotFoundError("the `facetrain` command: not beside python nor on PATH")
+    command = [facetrain, "train", "--config", str(config_path), "--nproc", str(nproc)]
+    run_ids = []
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+        )
+        assert process.stdout is not None
+        for line in process.stdout:
+            log.write(line)
+            text = line.decode(errors="replace")
+            _quiet_echo(text)
+            run_ids += RUN_LINE.findall(text)
+        code = process.wait()
+    if code != 0:
+        raise RuntimeError(f"facetrain train exited with code {code}; log: {log_path}")
+    if not run_ids:
+        raise RuntimeError(f"facetrain train printed no 'MLflow run: <id>' line; log: {log_path}")
+    return run_ids[-1]
 
 
 def calibrate_steps(args: argparse.Namespace, shards: Path, tracking_uri: str) -> int:
@@ -147,7 +187,7 @@ def calibrate_steps(args: argparse.Namespace, shards: Path, tracking_uri: str) -
     import copy
 
     import mlflow
-    from facetrain.jobs.demo.run import ensure_experiment
+    from facetrain.pipeline.eval.tracking import ensure_experiment
 
     calibration = copy.copy(args)
     calibration.steps = 60
@@ -349,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> str:
             )
     args.out.mkdir(parents=True, exist_ok=True)
     tracking_uri = args.tracking_uri or f"sqlite:///{(args.out / 'mlflow.db').resolve()}"
-    from facetrain.jobs.demo.run import ensure_experiment
+    from facetrain.pipeline.eval.tracking import ensure_experiment
 
     ensure_experiment(tracking_uri, EXPERIMENT, (args.out / "mlartifacts").resolve())
 

@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         "rounds": args.rounds,
         "warmup": 1,
     }
-    from facetrain.pipeline.train.launch import free_port
+    from facetrain.pipeline.ports import free_port
 
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     with tempfile.TemporaryDirectory() as out_dir:

@@ -42,6 +42,7 @@ from facetrain.data_prep.filters import (
     hash_words,
     identity_rejects,
 )
+from facetrain.data_prep.shard_format import CLASS_DIGITS, POSITION_DIGITS
 
 SPLITS = ("train", "val")
 ROWS_PER_BUCKET = 1 << 18  # conflict detection sorts one bucket at a time (about 25 MiB)
@@ -168,10 +169,11 @@ class Plan:
         position = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         row_ids = self._kept_rows(self.offsets[codes], lengths)
         class_index = pa.array(np.repeat(self.class_of[codes], lengths))
+        # shard_format.sample_key, for a whole shard at once.
         keys = pc.binary_join_element_wise(
             pa.array([spec.split] * total, pa.string()),
-            pc.utf8_lpad(pc.cast(class_index, pa.string()), 6, "0"),
-            pc.utf8_lpad(pc.cast(pa.array(position), pa.string()), 4, "0"),
+            pc.utf8_lpad(pc.cast(class_index, pa.string()), CLASS_DIGITS, "0"),
+            pc.utf8_lpad(pc.cast(pa.array(position), pa.string()), POSITION_DIGITS, "0"),
             "_",
         )
         return pa.table(

@@ -31,12 +31,16 @@ from facetrain.data_prep.executor import TaskRunner
 from facetrain.data_prep.landmarks import REASON_BAD_ROW
 from facetrain.data_prep.plan import REJECT_SCHEMA, SPLITS, ChunkFiles, Plan, make_plan
 from facetrain.data_prep.process import chunk_folder, chunk_name, process_chunk, read_plan_input
+from facetrain.data_prep.shard_format import (
+    DATASET_FILE,
+    FORMAT,
+    DatasetManifest,
+    parse_dataset_json,
+)
 from facetrain.data_prep.shards import MANIFEST_SCHEMA, is_done, read_part, write_shard
 from facetrain.data_prep.sources import Chunk, iter_chunks, open_source
 from facetrain.data_prep.storage import OutputStore, is_url
 from tqdm import tqdm
-
-FORMAT = "facetrain-shards/1"
 
 
 @dataclass
@@ -94,7 +98,7 @@ def run_prep(config: PrepConfig) -> PrepSummary:
     config = _absolute_paths(config)
     store = OutputStore(config.out)
     fingerprint = _fingerprint(config)
-    if store.exists("dataset.json"):
+    if store.exists(DATASET_FILE):
         return _finished_summary(store, fingerprint)
     source = open_source(config)
     if not config.dry_run:
@@ -153,20 +157,20 @@ def _fingerprint(config: PrepConfig) -> str:
 
 
 def _finished_summary(store: OutputStore, fingerprint: str) -> PrepSummary:
-    meta = json.loads(store.read_bytes("dataset.json"))
-    if meta.get("fingerprint") != fingerprint:
+    meta = parse_dataset_json(store.read_bytes(DATASET_FILE), f"{store.location}/{DATASET_FILE}")
+    if meta.fingerprint != fingerprint or meta.counts is None:
         raise PrepInputError(
             f"{store.location}: holds a finished prep made with a different config; "
             "choose another --out or delete it"
         )
     return PrepSummary(
         out=store.location,
-        accepted=meta["counts"]["accepted"],
-        rejected_by_reason=meta["counts"]["rejected_by_reason"],
-        num_classes=meta["num_classes"],
+        accepted=meta.counts.accepted,
+        rejected_by_reason=meta.counts.rejected_by_reason,
+        num_classes=meta.num_classes,
         splits={
-            s: {"images": v["images"], "identities": v["identities"], "shards": len(v["shards"])}
-            for s, v in meta["splits"].items()
+            s: {"images": v.images, "identities": v.identities, "shards": len(v.shards)}
+            for s, v in meta.splits.items()
         },
         already_complete=True,
     )
@@ -271,6 +275,7 @@ def _assemble(store: OutputStore, plan: Plan, config: PrepConfig, fingerprint: s
     }
     template = get_template("arcface" if config.align == "none" else config.align)
     rejected = sum(plan.rejected_by_reason.values())
+    # Validated on the way out: what prep writes is what the pipeline's reader accepts.
     meta = {
         "format": FORMAT,
         "facetrain_version": _version(),
@@ -291,7 +296,8 @@ def _assemble(store: OutputStore, plan: Plan, config: PrepConfig, fingerprint: s
         "config": config.model_dump(mode="json"),
         "fingerprint": fingerprint,
     }
-    store.write_bytes("dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
+    manifest = DatasetManifest.model_validate(meta)
+    store.write_bytes(DATASET_FILE, (manifest.to_json(indent=2) + "\n").encode())
     store.delete_dir(".work")
     return PrepSummary(
         out=store.location,

@@ -1,7 +1,7 @@
 """Shard task: copy each planned sample's aligned face from the chunk files into one tar.
 
 The pixel work happened in the process tasks; here each sample is three tar members
-(`jpg`, `cls`, `json`) taken from the chunk files (only the batches that hold them are read).
+(`jpg`, `cls`, `json`: shard_format.SAMPLE_KEYS) taken from the chunk files (only the batches that hold them are read).
 
 Atomic: the tar is written under a temporary name and moved when complete; then a part file
 with its manifest rows and stats is moved into `.work/done/` (see storage.py). A shard counts
@@ -19,6 +19,12 @@ from facetrain.data_prep.config import PrepConfig
 from facetrain.data_prep.faces import aligned_size
 from facetrain.data_prep.plan import ROW_BITS
 from facetrain.data_prep.process import BATCH_ROWS, chunk_name
+from facetrain.data_prep.shard_format import (
+    IMAGE_KEY,
+    LABEL_KEY,
+    PROVENANCE_KEY,
+    SHARDS_DIR,
+)
 from facetrain.data_prep.storage import OutputStore
 from facetrain.data_prep.tar_writer import ShardTarWriter
 
@@ -49,7 +55,7 @@ def part_name(shard: str) -> str:
 
 
 def tar_name(shard: str) -> str:
-    return f"shards/{shard}.tar"
+    return f"{SHARDS_DIR}/{shard}.tar"
 
 
 def is_done(store: OutputStore, shard: str) -> bool:
@@ -77,7 +83,14 @@ def write_shard(name: str, rows: pa.Table, config: PrepConfig) -> dict:
             if missing:
                 raise RuntimeError(f"shard {name}: sample {missing[0]} has no processed face")
             writer.write_samples(
-                (keys[n], {"jpg": jpgs[n], "cls": b"%d" % classes[n], "json": provenances[n]})
+                (
+                    keys[n],
+                    {
+                        IMAGE_KEY: jpgs[n],
+                        LABEL_KEY: b"%d" % classes[n],
+                        PROVENANCE_KEY: provenances[n],
+                    },
+                )
                 for n in batch
             )
         writer.close()

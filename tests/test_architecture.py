@@ -14,6 +14,7 @@ FORBIDDEN = {
     "losses": {"data_prep", "pipeline", "jobs"},
     "data_prep": {"pipeline", "jobs"},
     "pipeline": {"jobs"},
+    # Benchmarks measure the library and the `facetrain` command, never the jobs code itself.
     "benchmarks": {"jobs"},
 }
 SOURCE_DIRS = (*PACKAGES, "benchmarks", "tests", "facetrain", "configs")

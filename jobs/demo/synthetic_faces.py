@@ -582,6 +582,23 @@ def iter_faces(
         yield chunk, pixels, landmarks
 
 
+def face_relpath(name: str, number: int) -> str:
+    """LFW's layout: image `number` (from 1) of identity `name`."""
+    return f"{name}/{name}_{number:04d}.jpg"
+
+
+def jpeg_bytes(image: np.ndarray | Image.Image, quality: int = 95) -> bytes:
+    buffer = io.BytesIO()
+    image = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def landmark_line(relpath: str, points: np.ndarray, decimals: int = 2) -> str:
+    """One row of LFW's whitespace landmark format: `relpath x1 y1 ... x5 y5` (no newline)."""
+    return relpath + " " + " ".join(f"{value:.{decimals}f}" for value in np.ravel(points))
+
+
 def write_dataset(
     out: str | Path,
     identities: int | Sequence[int],
@@ -610,14 +627,10 @@ def write_dataset(
         for chunk, pixels, landmarks in iter_faces(identities, seed, images, size):
             for (identity, number), image, points in zip(chunk, pixels, landmarks, strict=True):
                 name = identity_name(identity)
-                relpath = f"{name}/{name}_{number:04d}.jpg"
+                relpath = face_relpath(name, number)
                 (root / name).mkdir(parents=True, exist_ok=True)
-                buffer = io.BytesIO()
-                Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
-                (root / relpath).write_bytes(buffer.getvalue())
-                lines.append(
-                    relpath + " " + " ".join(f"{value:.2f}" for value in points.reshape(-1))
-                )
+                (root / relpath).write_bytes(jpeg_bytes(image, quality))
+                lines.append(landmark_line(relpath, points))
             bar.update(len(chunk))
     landmarks_path = out / "landmarks.txt"
     landmarks_path.write_text("\n".join(lines) + "\n")

@@ -13,8 +13,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import webdataset as wds
+from facetrain.data_prep.shard_format import (
+    DATASET_FILE,
+    IMAGE_KEY,
+    LABEL_KEY,
+    SHARDS_DIR,
+    parse_dataset_json,
+)
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+# Prep writes IMAGE_KEY; shards made by other tools may hold another image type.
+IMAGE_EXTENSIONS = (IMAGE_KEY, "jpeg", "png", "webp")
 
 
 @dataclass(frozen=True)
@@ -54,30 +62,27 @@ def _join(root: str, *parts: str) -> str:
 
 def read_dataset_index(root: str, split: str = "train") -> DatasetIndex:
     """Parse `<root>/dataset.json` (a directory or URL) into the shard list of `split`."""
-    location = _join(root, "dataset.json")
+    location = _join(root, DATASET_FILE)
     try:
         with wds.gopen(location) as stream:
-            manifest = json.loads(stream.read())
+            text = stream.read()
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"data.shards {root!r}: no dataset.json (expected the output dir of `facetrain prep`)"
+            f"data.shards {root!r}: no {DATASET_FILE} (expected the output dir of `facetrain prep`)"
         ) from None
-    try:
-        entries = manifest["splits"][split]["shards"]
-        num_classes = int(manifest["num_classes"])
-    except (KeyError, TypeError) as err:
+    dataset = parse_dataset_json(text, location)
+    if split not in dataset.splits:
         raise ValueError(
-            f"{location}: missing {err} (expected num_classes and splits.{split}.shards)"
-        ) from None
-    shards = tuple(
-        ShardInfo(
-            _join(root, "shards", entry["name"]), int(entry["samples"]), int(entry["identities"])
+            f"{location}: missing key 'splits.{split}' (it lists {sorted(dataset.splits)})"
         )
-        for entry in entries
+    shards = tuple(
+        ShardInfo(_join(root, SHARDS_DIR, entry.name), entry.samples, entry.identities)
+        for entry in dataset.splits[split].shards
     )
     if not shards:
         raise ValueError(f"{location}: split {split!r} lists no shards")
-    return DatasetIndex(num_classes, shards, manifest)
+    # The file as written (not the model's dump): its hash is logged with every run.
+    return DatasetIndex(dataset.num_classes, shards, json.loads(text))
 
 
 def _read_exact(stream, size: int) -> bytes:
@@ -174,16 +179,16 @@ def iter_samples(url: str) -> Iterator[tuple[int, str, bytes]]:
     name = url.rsplit("/", 1)[-1]
     for sample in iter_raw_samples(url):
         key = sample["__key__"]
-        if "cls" not in sample:
-            raise ValueError(f"shard {name}: sample {key} has no .cls entry")
+        if LABEL_KEY not in sample:
+            raise ValueError(f"shard {name}: sample {key} has no .{LABEL_KEY} entry")
         image = next((sample[ext] for ext in IMAGE_EXTENSIONS if ext in sample), None)
         if image is None:
             raise ValueError(f"shard {name}: sample {key} has no image (.jpg/.png/.webp)")
         try:
-            label = int(sample["cls"])
+            label = int(sample[LABEL_KEY])
         except ValueError:
             raise ValueError(
-                f"shard {name}: sample {key} has .cls {sample['cls'][:20]!r}, not an integer"
+                f"shard {name}: sample {key} has .{LABEL_KEY} {sample[LABEL_KEY][:20]!r}, not an integer"
             ) from None
         yield label, key, image
 

@@ -35,6 +35,21 @@ def flat_metrics(summary: Mapping, prefix: str) -> dict[str, float]:
     return flat
 
 
+def ensure_experiment(
+    tracking_uri: str | None, name: str, artifacts: str | Path | None = None
+) -> str:
+    """The id of experiment `name`, created when missing; `artifacts`: the folder its runs'
+    artifacts go to (without it MLflow picks ./mlruns of whatever directory it runs in)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = Path(artifacts).resolve().as_uri() if artifacts is not None else None
+    return client.create_experiment(name, artifact_location=location)
+
+
 def log_results(
     summary: Mapping,
     name: str,
@@ -56,8 +71,7 @@ def log_results(
     prefix = metric_prefix(name)
     created = run_id is None
     if created:
-        found = client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+        experiment_id = ensure_experiment(tracking_uri, experiment)
         run_id = client.create_run(
             experiment_id, run_name=f"eval-{prefix}", tags={"facetrain.kind": "evaluation"}
         ).info.run_id

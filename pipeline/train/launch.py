@@ -12,13 +12,13 @@ is the one that reaches the master (rendezvous.py).
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from facetrain.pipeline.config import TrainConfig
+from facetrain.pipeline.ports import free_port
 from facetrain.pipeline.train.devices import process_group_backend, training_device_type
 from facetrain.pipeline.train.loop import run_rank
 from facetrain.pipeline.train.rendezvous import (
@@ -31,12 +31,6 @@ from facetrain.pipeline.train.rendezvous import (
 
 class TrainingFailed(RuntimeError):
     """A rank of a local launch failed; the message is that rank's error."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _rank_main(

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from facetrain.jobs.demo.synthetic_faces import jpeg_bytes
 from PIL import Image
 
-from tests.data_prep.synth import face_image, jpeg_bytes, make_folder_dataset, write_landmark_lines
+from tests.data_prep.synth import face_image, make_folder_dataset, write_landmark_lines
 
 
 @dataclass

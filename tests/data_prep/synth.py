@@ -1,13 +1,19 @@
-"""Synthetic faces with known landmarks, corrupt files and a RecordIO writer for the tests."""
+"""Faces with known landmarks for the data_prep tests, and a RecordIO writer.
+
+Not the demo's rendered faces (facetrain.jobs.demo.synthetic_faces): alignment checks need a
+white dot on each landmark of a dark background, whose centre survives warping and JPEG and is
+found by brightness alone; a rendered face has bright skin all around its landmarks. The
+landmark-list format and JPEG encoding are the demo module's.
+"""
 
 from __future__ import annotations
 
-import io
 import struct
 from pathlib import Path
 
 import numpy as np
 from facetrain.data_prep.align import TEMPLATES
+from facetrain.jobs.demo.synthetic_faces import landmark_line
 from PIL import Image
 
 MAGIC = 0xCED7230A
@@ -48,12 +54,6 @@ def dot_centres(image: np.ndarray, points: np.ndarray, radius: float = 7.0) -> n
     return np.array(centres)
 
 
-def jpeg_bytes(image: Image.Image, quality: int = 95) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
-
-
 def make_folder_dataset(
     root: Path, counts: dict[str, int], seed: int = 0, canvas: tuple[int, int] = (160, 180)
 ) -> dict[str, np.ndarray]:
@@ -73,7 +73,7 @@ def make_folder_dataset(
 def write_landmark_lines(path: Path, landmarks: dict[str, np.ndarray]) -> Path:
     path.write_text(
         "".join(
-            relpath + " " + " ".join(f"{v:.4f}" for v in points.ravel()) + "\n"
+            landmark_line(relpath, points, decimals=4) + "\n"
             for relpath, points in landmarks.items()
         )
     )

@@ -8,9 +8,10 @@ from facetrain.data_prep import faces
 from facetrain.data_prep.align import TEMPLATES, align_face
 from facetrain.data_prep.config import PrepConfig
 from facetrain.data_prep.images import decode_rgb, load_rgb
+from facetrain.jobs.demo.synthetic_faces import jpeg_bytes
 from PIL import Image
 
-from tests.data_prep.synth import dot_centres, face_image, jpeg_bytes
+from tests.data_prep.synth import dot_centres, face_image
 
 
 def test_reduced_decode_matches_full_resolution_alignment(monkeypatch):

@@ -217,3 +217,29 @@ def test_output_to_an_fsspec_url_equals_the_local_output(inline_run, synthetic):
         assert run_prep(_config(synthetic, url)).already_complete and summary.accepted > 0
     finally:
         memory.rm("/prep-test", recursive=True)
+
+
+def test_prep_output_round_trips_through_the_shard_format(inline_run):
+    from facetrain.data_prep.shard_format import SAMPLE_KEYS, parse_dataset_json
+    from facetrain.pipeline.data.shards import iter_raw_samples, read_dataset_index
+
+    out, _ = inline_run
+    text = (out / "dataset.json").read_text()
+    raw = json.loads(text)
+    # The schema holds every key prep wrote: writing back what was read gives the same file.
+    assert parse_dataset_json(text, "dataset.json").to_json(indent=2) + "\n" == text
+    for split in ("train", "val"):
+        index = read_dataset_index(str(out), split)
+        assert index.num_classes == raw["num_classes"] and index.manifest == raw
+        listed = raw["splits"][split]["shards"]
+        assert [(s.url, s.samples, s.identities) for s in index.shards] == [
+            (str(out / "shards" / e["name"]), e["samples"], e["identities"]) for e in listed
+        ]
+        for shard in index.shards:
+            position, previous = 0, None
+            for sample in iter_raw_samples(shard.url):
+                assert set(sample) - {"__key__"} == set(SAMPLE_KEYS)
+                label = int(sample["cls"])
+                position = position + 1 if label == previous else 0
+                previous = label
+                assert sample["__key__"] == f"{split}_{label:06d}_{position:04d}"

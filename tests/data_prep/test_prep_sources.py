@@ -20,9 +20,10 @@ from facetrain.data_prep.align import alignment_matrix
 from facetrain.data_prep.config import PrepConfig
 from facetrain.data_prep.landmarks import read_landmarks
 from facetrain.jobs.cli import main
+from facetrain.jobs.demo.synthetic_faces import jpeg_bytes
 from PIL import Image
 
-from tests.data_prep.synth import jpeg_bytes, make_folder_dataset, write_landmark_lines, write_rec
+from tests.data_prep.synth import make_folder_dataset, write_landmark_lines, write_rec
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,9 +15,10 @@ from facetrain.data_prep.config import PrepConfig
 from facetrain.data_prep.process import chunk_name, process_chunk
 from facetrain.data_prep.sources import iter_chunks, open_source
 from facetrain.data_prep.storage import OutputStore
+from facetrain.jobs.demo.synthetic_faces import jpeg_bytes
 from PIL import Image
 
-from tests.data_prep.synth import jpeg_bytes, make_folder_dataset, write_landmark_lines, write_rec
+from tests.data_prep.synth import make_folder_dataset, write_landmark_lines, write_rec
 
 
 @pytest.fixture

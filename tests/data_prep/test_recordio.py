@@ -5,9 +5,10 @@ import struct
 import numpy as np
 import pytest
 from facetrain.data_prep.recordio import MAGIC, IndexedRecordFile, RecordIOError, read_index, unpack
+from facetrain.jobs.demo.synthetic_faces import jpeg_bytes
 from PIL import Image
 
-from tests.data_prep.synth import jpeg_bytes, write_rec
+from tests.data_prep.synth import write_rec
 
 
 def _faces(count: int, seed: int = 0) -> list[bytes]:

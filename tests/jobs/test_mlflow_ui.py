@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from facetrain.pipeline.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -47,12 +47,6 @@ def _fill_store(tracking_uri: str, artifacts: Path) -> str:
             client.log_metric(run.info.run_id, METRIC, 3.0 * (1 - rate) ** (step / 5), step=step)
         client.set_terminated(run.info.run_id, "FINISHED")
     return experiment_id
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _wait_healthy(url: str, server: subprocess.Popen, timeout: float) -> None:
@@ -95,7 +89,7 @@ def _chromium(url: str, profile: Path, *mode: str) -> subprocess.CompletedProces
 def mlflow_server(tmp_path):
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     experiment_id = _fill_store(tracking_uri, tmp_path / "artifacts")
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no background job workers
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(

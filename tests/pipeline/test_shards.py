@@ -77,3 +77,30 @@ def test_urls_stream_through_webdataset_gopen(tmp_path):
     for url in (remote.shards[0].url, f"pipe:cat {local.shards[0].url}"):
         assert [(i.label, i.keys, i.images) for i in iter_identities(url)] == expected
     assert sorted(len(keys) for _, keys, _ in expected) == [1, 2, 3]
+
+
+def test_a_bad_dataset_json_names_the_file_and_the_key(tmp_path):
+    import json
+    import re
+
+    from facetrain.data_prep.shard_format import DatasetFormatError
+    from facetrain.pipeline.data.shards import read_dataset_index
+
+    from tests.pipeline.shards import write_shards
+
+    root = write_shards(tmp_path / "data", [2, 3], num_shards=1, size=16)
+    location = re.escape(f"{root}/dataset.json")
+    with pytest.raises(ValueError, match=f"^{location}: missing key 'splits.val' "):
+        read_dataset_index(str(root), "val")
+    tree = json.loads((root / "dataset.json").read_text())
+    tree["splits"]["train"]["shards"][0]["identities"] = [2]
+    (root / "dataset.json").write_text(json.dumps(tree))
+    with pytest.raises(
+        DatasetFormatError, match=f"^{location}: key 'splits.train.shards.0.identities': "
+    ):
+        read_dataset_index(str(root))
+    tree["splits"]["train"]["shards"][0]["identities"] = 2
+    del tree["num_classes"]
+    (root / "dataset.json").write_text(json.dumps(tree))
+    with pytest.raises(DatasetFormatError, match=f"^{location}: missing key 'num_classes'$"):
+        read_dataset_index(str(root))
