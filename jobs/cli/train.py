@@ -20,11 +20,20 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    return 0 if run_training(args) is not None else 1
+
+
+def run_training(args: argparse.Namespace) -> dict | None:
+    """What `facetrain train` does: train, print the checkpoint and MLflow run, and return
+    rank 0's summary (steps, checkpoint, mlflow_run_id, ...); None when a rank failed (its
+    error printed). Unusable arguments or shards raise UsageError before any rank starts."""
     from facetrain.jobs.cli.config import load_config
     from facetrain.pipeline.config import TrainConfig
 
     if args.config is None:
-        raise UsageError("--config FILE is required (see configs/ for examples)")
+        raise UsageError(
+            "--config FILE|NAME is required (`facetrain configs list` names the shipped recipes)"
+        )
     if args.nproc < 1:
         raise UsageError(f"--nproc {args.nproc}: expected at least 1")
     cfg = load_config(TrainConfig, args.config, args.overrides)
@@ -44,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         summary = train_local(cfg, args.nproc)
     except TrainingFailed as err:
         print(f"facetrain train: error: {err}", file=sys.stderr)
-        return 1
+        return None
     print(f"checkpoint: {summary.get('checkpoint')}")
     if summary.get("mlflow_run_id"):
         print(f"MLflow run: {summary['mlflow_run_id']}")
@@ -54,4 +63,4 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"MLflow run: none (tracking unreachable; records kept in {summary.get('tracking_records')})"
         )
-    return 0
+    return summary
