@@ -1,7 +1,7 @@
 """`facetrain submit` against a real Ray head on 127.0.0.1 with token auth enabled.
 
 One head for the module (~10-20 s to start): a prep job ships this checkout, runs
-`python -m jobs.prep` on the cluster, and must write the same shards as an inline local
+`python -m facetrain.jobs.ray.prep` on the cluster, and must write the same shards as an inline local
 run; a failing job's exit code comes back; a missing or wrong token gets one line; no
 process of the head listens on or talks to a non-loopback address; all of it stops by pid.
 """
