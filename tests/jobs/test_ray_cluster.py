@@ -153,7 +153,8 @@ def test_train_job_runs_two_ray_train_workers_on_the_prepped_shards(
     )
     captured = capsys.readouterr()
     assert code == 0, captured.err + captured.out[-4000:]
-    assert "python -m facetrain.jobs.ray.train" in captured.err and "--nproc=2" in captured.err
+    # The job runs the arguments as typed.
+    assert f"python -m facetrain.jobs.ray.train --config {config_file} --nproc 2" in captured.err
     assert "2 Ray Train worker(s), CPU (gloo)" in captured.out
     assert "facetrain.jobs.ray.train: 3 steps on 2 workers" in captured.out
     run_ids = [
