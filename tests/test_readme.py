@@ -1,11 +1,12 @@
-"""Every `facetrain …` command that README.md and docs/ show parses with the real CLI."""
+"""Every `facetrain …` command that README.md and docs/ show parses with the real CLI (as
+`facetrain` parses it: `submit prep|train|eval` checks the forwarded arguments too)."""
 
 import re
 import shlex
 from pathlib import Path
 
 import pytest
-from facetrain.jobs.cli import build_parser
+from facetrain.jobs.cli import parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +36,7 @@ def test_readme_shows_commands():
 def test_shown_command_parses(page, line):
     words = [word.replace("<", "").replace(">", "") for word in shlex.split(line)[1:]]
     try:
-        build_parser().parse_args(words)
+        parse_args(words)
     except SystemExit as exit_info:
         if exit_info.code != 0:  # `--help` examples exit 0
             pytest.fail(f"{page}: `{line}` does not parse")

@@ -10,11 +10,20 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from facetrain.jobs.cli import demo, doctor, embed, eval_cmd, export, prep, submit, train
-from facetrain.jobs.cli.common import UsageError
-from facetrain.jobs.cli.config import ConfigError
+from facetrain.jobs.cli import (
+    configs_cmd,
+    demo,
+    doctor,
+    embed,
+    eval_cmd,
+    export,
+    prep,
+    submit,
+    train,
+)
+from facetrain.jobs.cli.common import run_parsed
 
-COMMANDS = (prep, train, eval_cmd, embed, export, submit, doctor, demo)
+COMMANDS = (prep, train, eval_cmd, embed, export, submit, configs_cmd, doctor, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,19 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """`facetrain ARGV` parsed; `submit prep|train|eval` keeps the command's own arguments,
+    as typed, in `command_args` (see `facetrain submit --help`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if submit.forwards_arguments(argv):
+        return submit.parse_forwarding(build_parser(), argv)
+    return build_parser().parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ConfigError, UsageError) as err:
-        print(f"facetrain {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except NotImplementedError as err:
-        print(f"facetrain {args.command}: not implemented yet ({err})", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"facetrain {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return run_parsed(parse_args(argv))
 
 
 def _version() -> str:

@@ -8,11 +8,15 @@ turns validation failures into a single line that names the key.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -68,12 +72,51 @@ def _list_index(items: list[Any], part: str, text: str, where: str) -> int:
     return index
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+RECIPES_PACKAGE = "facetrain.configs"
+
+
+def shipped_recipes() -> dict[str, Traversable]:
+    """The recipes installed with facetrain (`configs/*.yaml`), by name without `.yaml`.
+
+    Read through importlib.resources, so they are found in a wheel install as in a checkout.
+    """
+    folder = resources.files(RECIPES_PACKAGE)
+    recipes = {
+        entry.name.removesuffix(".yaml"): entry
+        for entry in folder.iterdir()
+        if entry.name.endswith(".yaml") and entry.is_file()
+    }
+    return dict(sorted(recipes.items()))
+
+
+def find_recipe(name: str) -> Traversable:
+    """The shipped recipe `name` (`cpu-asoftmax` or `cpu-asoftmax.yaml`), or ConfigError
+    naming every shipped one."""
+    recipes = shipped_recipes()
+    recipe = recipes.get(name.removesuffix(".yaml"))
+    if recipe is None:
+        raise ConfigError(
+            f"config {name}: not a file, nor a shipped recipe (shipped: {', '.join(recipes)})"
+        )
+    return recipe
+
+
+def find_config(path: str | Path) -> Path | Traversable:
+    """What `--config VALUE` reads: the file VALUE when there is one, else the shipped recipe
+    of that name. A value naming a folder (`a/b.yaml`) is only ever a file."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path}: not found")
+    if path.is_file():
+        return path
+    if len(path.parts) == 1 and path.name not in ("", ".", ".."):
+        return find_recipe(path.name)
+    raise ConfigError(f"config file {path}: not found")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in config file `path` (or in the shipped recipe of that name)."""
+    source = find_config(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(source.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path}: not valid YAML: {err}") from err
     if not isinstance(data, dict):

@@ -1,9 +1,12 @@
 """`facetrain submit`: run prep / train / eval as a job on a Ray cluster, and manage jobs.
 
-`facetrain submit prep|train|eval ...` takes exactly the arguments of `facetrain prep|train|
-eval` (their own parsers are reused, so a typo fails before anything is uploaded) plus the
-submit options below; the job runs `python -m jobs.<command>` with those arguments on the
-cluster. `facetrain submit status|logs|stop JOB_ID` manage a job.
+`facetrain submit prep|train|eval [submit options] [--] ARGS...` runs
+`python -m facetrain.jobs.ray.<command> ARGS...` on the cluster. ARGS are the arguments of
+`facetrain prep|train|eval` and reach the job exactly as typed: everything after `--`, or,
+without `--`, every argument that is not one of the submit options below. They are checked
+here first by the command's own parser (spelled out in full), so a typo exits 2 before
+anything is uploaded; a `--config` file inside the shipped checkout is passed by its path
+relative to it. `facetrain submit status|logs|stop JOB_ID` manage a job.
 """
 
 from __future__ import annotations
@@ -11,26 +14,19 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 from facetrain.jobs.cli import eval_cmd, prep, train
-from facetrain.jobs.cli.common import UsageError
+from facetrain.jobs.cli.common import UsageError, parse_command
 
-# (name on the command line, CLI module whose parser is reused, Ray entrypoint module)
-TARGETS = (
-    ("prep", prep, "facetrain.jobs.ray.prep"),
-    ("train", train, "facetrain.jobs.ray.train"),
-    ("eval", eval_cmd, "facetrain.jobs.ray.eval"),
-)
-SUBMIT_DESTS = (
-    "submit_address",
-    "submit_no_wait",
-    "submit_ship",
-    "submit_working_dir",
-    "submit_pip",
-    "submit_env",
-    "submit_job_id",
-    "submit_parser",
-)
+# name on the command line -> (CLI module whose parser checks ARGS, Ray entrypoint module)
+TARGETS = {
+    "prep": (prep, "facetrain.jobs.ray.prep"),
+    "train": (train, "facetrain.jobs.ray.train"),
+    "eval": (eval_cmd, "facetrain.jobs.ray.eval"),
+}
+SEPARATOR = "--"
 
 
 def register(subparsers) -> None:
@@ -41,11 +37,19 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="submit_command", metavar="COMMAND", required=True)
-    for name, module, entrypoint in TARGETS:
-        module.register(commands)
-        target = commands.choices[name]
-        _retarget_help(commands, name, f"submit `facetrain {name}` as a Ray job")
-        _route_to_submit(target, name, entrypoint)
+    for name, (_, entrypoint) in TARGETS.items():
+        target = commands.add_parser(
+            name,
+            help=f"submit `facetrain {name}` as a Ray job",
+            usage=f"facetrain submit {name} [submit options] [--] ARGS...",
+            description=f"Run `facetrain {name} ARGS...` as a Ray job ({entrypoint}). ARGS are "
+            f"`facetrain {name}`'s own (see `facetrain {name} --help`) and reach the job as "
+            "typed: everything after `--`, or every argument that is not a submit option.",
+            # Only exact submit options are ours: `--work` or `--add` go to the command.
+            allow_abbrev=False,
+        )
+        _add_submit_options(target)
+        target.set_defaults(func=run_submit, submit_entrypoint=entrypoint, command_args=[])
 
     for name, help_text in (
         ("status", "print a job's status (exit code: the job's outcome once it ended)"),
@@ -60,6 +64,42 @@ def register(subparsers) -> None:
                 "--follow", action="store_true", help="keep printing until the job ends"
             )
         sub.set_defaults(func=run_manage, submit_command=name)
+
+
+def forwards_arguments(argv: Sequence[str]) -> bool:
+    """Whether `facetrain ARGV` is `submit prep|train|eval ...`, whose ARGS go to the job."""
+    return len(argv) >= 2 and argv[0] == "submit" and argv[1] in TARGETS
+
+
+def parse_forwarding(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse `facetrain submit X ...` with the full `facetrain` parser: submit's own options
+    land in the namespace, the rest in `command_args`, unchanged and in order.
+
+    The first `--` ends submit's options (it is not forwarded; later ones are). ARGS are
+    checked by `facetrain X`'s parser; a typo exits 2 as it would locally.
+    """
+    argv = list(argv)
+    if SEPARATOR in argv:
+        cut = argv.index(SEPARATOR)
+        ours, forwarded = argv[:cut], argv[cut + 1 :]
+    else:
+        ours, forwarded = argv, []
+    args, unknown = parser.parse_known_args(ours)
+    args.command_args = [*unknown, *forwarded]
+    module, _ = TARGETS[args.submit_command]
+    args.command_namespace = parse_command(
+        module, args.submit_command, args.command_args, "facetrain submit", _SpelledOutParser
+    )
+    return args
+
+
+class _SpelledOutParser(argparse.ArgumentParser):
+    """A command's parser without abbreviations: the job receives the words as typed, and
+    `--config` is rewritten where it is written out (`--config F` or `--config=F`)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
 
 
 def _add_address_option(parser: argparse.ArgumentParser) -> None:
@@ -119,52 +159,43 @@ def _add_submit_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _retarget_help(commands: argparse._SubParsersAction, name: str, help_text: str) -> None:
-    for choice in commands._choices_actions:
-        if choice.dest == name:
-            choice.help = help_text
+def job_command(args: argparse.Namespace, working_dir: Path | None = None) -> list[str]:
+    """The job's argv for parsed `facetrain submit X ...`: `python -m <entrypoint>` and the
+    command's arguments as typed, a `--config` inside `working_dir` made relative to it."""
+    command_args = config_on_cluster(args.command_args, working_dir)
+    return ["python", "-m", args.submit_entrypoint, *command_args]
 
 
-def _route_to_submit(
-    parser: argparse.ArgumentParser,
-    name: str,
-    entrypoint: str,
-    target: argparse.ArgumentParser | None = None,
-) -> None:
-    """Make every (sub)parser of a reused command run submit instead of the local command."""
-    target = target or parser
-    parser.set_defaults(
-        func=run_submit, submit_command=name, submit_entrypoint=entrypoint, submit_parser=target
-    )
-    nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    if not nested:
-        # Submit options go on the innermost parser (`submit eval verify ... --address URL`):
-        # a subparser's defaults would overwrite values given before its name.
-        _add_submit_options(parser)
-    for action in nested:
-        if action.dest == argparse.SUPPRESS:
-            # rebuild_argv finds the chosen subcommand by its dest.
-            action.dest = f"submit_{name}_subcommand"
-        for subparser in action.choices.values():
-            _route_to_submit(subparser, name, entrypoint, target)
+def config_on_cluster(command_args: Sequence[str], working_dir: Path | None) -> list[str]:
+    """`command_args` with each `--config F` / `--config=F` value as the job must name it."""
+    forwarded = list(command_args)
+    for index, word in enumerate(forwarded):
+        if word == SEPARATOR:
+            break  # positionals only from here on: a `--config` there is a value
+        if word == "--config" and index + 1 < len(forwarded):
+            forwarded[index + 1] = _config_value_on_cluster(forwarded[index + 1], working_dir)
+        elif word.startswith("--config="):
+            value = word.removeprefix("--config=")
+            forwarded[index] = "--config=" + _config_value_on_cluster(value, working_dir)
+    return forwarded
 
 
-def job_command(args: argparse.Namespace, working_dir=None) -> list[str]:
-    """The argv of the job (`python -m jobs.X ...`) for parsed `facetrain submit X ...` args."""
-    from facetrain.jobs.ray.command_line import rebuild_argv
+def _config_value_on_cluster(value: str, working_dir: Path | None) -> str:
+    from facetrain.jobs.cli.config import shipped_recipes
     from facetrain.jobs.ray.runtime_env import path_on_cluster
 
-    if getattr(args, "config", None):
-        args = argparse.Namespace(**vars(args))
-        args.config, shipped = path_on_cluster(args.config, working_dir)
-        if not shipped:
-            print(
-                f"facetrain submit: note: --config {args.config} is outside the shipped "
-                "project; it must exist at that path on the cluster",
-                file=sys.stderr,
-            )
-    command_args = rebuild_argv(args.submit_parser, args, skip=SUBMIT_DESTS)
-    return ["python", "-m", args.submit_entrypoint, *command_args]
+    local = Path(value).expanduser()
+    is_recipe = len(local.parts) == 1 and value.removesuffix(".yaml") in shipped_recipes()
+    if is_recipe and not local.is_file():
+        return value  # a shipped recipe's name: the job's facetrain finds it the same way
+    on_cluster, shipped = path_on_cluster(value, working_dir)
+    if not shipped:
+        print(
+            f"facetrain submit: note: --config {on_cluster} is outside the shipped "
+            "project; it must exist at that path on the cluster",
+            file=sys.stderr,
+        )
+    return on_cluster
 
 
 def run_submit(args: argparse.Namespace) -> int:

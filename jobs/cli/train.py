@@ -41,12 +41,21 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    return 0 if run_training(args) is not None else 1
+
+
+def run_training(args: argparse.Namespace) -> dict | None:
+    """What `facetrain train` does: train, print the checkpoint and MLflow run, and return
+    rank 0's summary (steps, checkpoint, mlflow_run_id, ...), {} on a host without rank 0;
+    None when a rank failed (its error printed). Unusable arguments or shards raise UsageError before any rank starts."""
     from facetrain.jobs.cli.config import load_config
     from facetrain.pipeline.config import TrainConfig
     from facetrain.pipeline.train.rendezvous import Rendezvous, rank_from_environment
 
     if args.config is None:
-        raise UsageError("--config FILE is required (see configs/ for examples)")
+        raise UsageError(
+            "--config FILE|NAME is required (`facetrain configs list` names the shipped recipes)"
+        )
     if args.nproc < 1:
         raise UsageError(f"--nproc {args.nproc}: expected at least 1")
     if args.nnodes > 1 and not args.master_addr:
@@ -89,10 +98,10 @@ def run(args: argparse.Namespace) -> int:
             summary = launch.train_local(cfg, args.nproc)
     except launch.TrainingFailed as err:
         print(f"facetrain train: error: {err}", file=sys.stderr)
-        return 1
+        return None
     if summary is None:  # another host holds rank 0 and reports the run
         print("facetrain train: this host's ranks finished; node 0 reports the run")
-        return 0
+        return {}
     print(f"checkpoint: {summary.get('checkpoint')}")
     print(f"ranks on hosts: {', '.join(summary.get('rank_hosts') or [])}")
     if summary.get("mlflow_run_id"):
@@ -103,4 +112,4 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"MLflow run: none (tracking unreachable; records kept in {summary.get('tracking_records')})"
         )
-    return 0
+    return summary

@@ -3,7 +3,7 @@
 1. data: synthetic faces with landmarks (or `--data`: an image folder + landmark list)
 2. prep: `data_prep.run_prep` on embedded Ray, holding identities out of training
 3. pairs: LFW-style verification pairs over the held-out identities
-4. train: `facetrain train --nproc N` (DeepSpeed, gloo on CPU), tracked in MLflow
+4. train: what `facetrain train --nproc N` does (DeepSpeed, gloo on CPU), tracked in MLflow
 5. eval: verification of the trained model on the held-out pairs, logged onto the run,
    next to a raw-pixel baseline on the same pairs (what learning added)
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -27,7 +26,6 @@ from typing import Any
 from facetrain.jobs.demo.config import DemoConfig
 from facetrain.jobs.demo.heldout import HeldOutPairs, heldout_sources, make_heldout_pairs
 
-RUN_LINE = re.compile(r"MLflow run: ([0-9a-f]{32})")
 STAGES = ("data", "prep", "pairs", "train", "eval")
 
 
@@ -169,19 +167,32 @@ def ensure_experiment(tracking_uri: str, name: str, artifacts: Path) -> str:
     return client.create_experiment(name, artifact_location=artifacts.as_uri())
 
 
-def train_command(config_path: str | Path, nproc: int) -> list[str]:
-    # The same `facetrain train` a user runs, in a fresh interpreter that launches the ranks.
-    launcher = "import sys; from facetrain.jobs.cli import main; sys.exit(main())"
-    return [
-        sys.executable,
-        "-c",
-        launcher,
-        "train",
-        "--config",
-        str(config_path),
-        "--nproc",
-        str(nproc),
-    ]
+def train_command(config_path: str | Path, nproc: int, summary_path: str | Path) -> list[str]:
+    # `facetrain train` in a fresh interpreter that launches the ranks (its output streams to
+    # the terminal and the log), handing train_local's summary back through `summary_path`.
+    launcher = (
+        "import sys; from facetrain.jobs.demo.run import train_child; "
+        "sys.exit(train_child(*sys.argv[1:]))"
+    )
+    return [sys.executable, "-c", launcher, str(config_path), str(nproc), str(summary_path)]
+
+
+def train_child(config_path: str, nproc: str, summary_path: str) -> int:
+    """`facetrain train --config CONFIG_PATH --nproc NPROC` (same output, same exit codes) that
+    also writes rank 0's summary to `summary_path` as JSON."""
+    from facetrain.jobs.cli import train as command
+    from facetrain.jobs.cli.common import parse_command, run_parsed
+
+    def run_and_keep_summary(args) -> int:
+        summary = command.run_training(args)
+        if summary is None:
+            return 1
+        Path(summary_path).write_text(json.dumps(summary, default=str))
+        return 0
+
+    args = parse_command(command, "train", ["--config", str(config_path), "--nproc", str(nproc)])
+    args.func = run_and_keep_summary
+    return run_parsed(args)
 
 
 def run_train_cli(
@@ -192,7 +203,7 @@ def run_train_cli(
     echo=sys.stdout.write,
 ) -> str:
     """Run `facetrain train`, streaming its output (progress bars included) to `echo` and
-    `log_path`; return the MLflow run id from its `MLflow run: <id>` line."""
+    `log_path`; return the MLflow run id of the summary training returned."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")  # one thread per rank: ranks share the cores
     if tracking_uri:
@@ -204,10 +215,12 @@ def run_train_cli(
             env.setdefault("DS_ACCELERATOR", "cpu")
     except ImportError:
         pass
-    seen = bytearray()
+    summary_path = Path(log_path).with_suffix(".summary.json")
+    # A summary left by an earlier run must not answer for this one.
+    summary_path.unlink(missing_ok=True)
     with Path(log_path).open("wb") as log:
         process = subprocess.Popen(
-            train_command(config_path, nproc),
+            train_command(config_path, nproc, summary_path),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=env,
@@ -215,16 +228,17 @@ def run_train_cli(
         assert process.stdout is not None
         while chunk := os.read(process.stdout.fileno(), 65536):
             log.write(chunk)
-            seen += chunk
             echo(chunk.decode(errors="replace"))
         code = process.wait()
-    text = seen.decode(errors="replace")
     if code != 0:
         raise RuntimeError(f"facetrain train exited with code {code}; log: {log_path}")
-    found = RUN_LINE.findall(text)
-    if not found:
-        raise RuntimeError(f"facetrain train printed no 'MLflow run: <id>' line; log: {log_path}")
-    return found[-1]
+    summary = json.loads(summary_path.read_text())
+    if not summary.get("mlflow_run_id"):
+        raise RuntimeError(
+            "facetrain train finished without an MLflow run (records kept in "
+            f"{summary.get('tracking_records')}); log: {log_path}"
+        )
+    return summary["mlflow_run_id"]
 
 
 def raw_pixel_model():

@@ -1,10 +1,16 @@
-"""Shared by the Ray entrypoints (`python -m jobs.prep|train|eval`): run a facetrain command
-with the arguments it has on the command line, attached to the Ray cluster the job runs in."""
+"""Shared by the Ray entrypoints (`python -m facetrain.jobs.ray.prep|train|eval`): run a
+facetrain command with the arguments it has on the command line, attached to the Ray cluster
+the job runs in.
+
+Each entrypoint runs its command module's own parser and run function, not the `facetrain`
+dispatcher: a job needs that one command and the config loader, nothing else of the CLI.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from types import ModuleType
 
 
 def cluster_address() -> str | None:
@@ -22,9 +28,13 @@ def with_cluster_address(argv: Sequence[str], address_flag: str) -> list[str]:
     return [*argv, address_flag, "auto"]
 
 
-def run_cli_on_cluster(command: str, argv: Sequence[str], address_flag: str | None = None) -> int:
-    from facetrain.jobs.cli import main as facetrain
+def run_command_on_cluster(
+    command: ModuleType, name: str, argv: Sequence[str], address_flag: str | None = None
+) -> int:
+    """Run `facetrain NAME ARGV` through `command` (the CLI module that registers NAME): same
+    parser, same run function, same exit codes and messages as the local command."""
+    from facetrain.jobs.cli.common import parse_command, run_parsed
 
     if address_flag:
         argv = with_cluster_address(argv, address_flag)
-    return facetrain([command, *argv])
+    return run_parsed(parse_command(command, name, argv))

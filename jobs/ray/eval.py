@@ -9,11 +9,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from facetrain.jobs.ray.entrypoint import run_cli_on_cluster
+from facetrain.jobs.cli import eval_cmd as command
+from facetrain.jobs.ray.entrypoint import run_command_on_cluster
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli_on_cluster("eval", sys.argv[1:] if argv is None else argv)
+    return run_command_on_cluster(command, "eval", sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Ray entrypoint: `python -m facetrain.jobs.ray.train --config FILE [--set k=v] [--nproc N]` on a Ray cluster.
 
 Takes the arguments of `facetrain train` and runs the same per-rank training function
-(`pipeline.run.run_rank`) on N Ray Train workers through `TorchTrainer`: one worker per
-GPU (NCCL) when the config asks for CUDA or the cluster has GPUs, else CPU workers joined by
+(`facetrain.pipeline.train.loop.run_rank`) on N Ray Train workers through `TorchTrainer`: one
+worker per GPU (NCCL) when the config asks for CUDA or the cluster has GPUs, else CPU workers joined by
 gloo. Ray Train sets up the process group; run_rank finds it already initialised.
 """
 
@@ -57,7 +57,7 @@ def choose_scaling(
 def train_on_ray(
     cfg: Any, scaling: Scaling, rank_fn: RankFn | None = None, storage_path: str | None = None
 ) -> str | None:
-    """Run `rank_fn(cfg)` (default: pipeline.run.run_rank) on every Ray Train worker.
+    """Run `rank_fn(cfg)` (default: `loop.run_rank`) on every Ray Train worker.
 
     Returns what rank 0's `rank_fn` returned (run_rank's summary: steps, checkpoint,
     mlflow_run_id, ...). Raises the workers' error when training fails.
@@ -126,18 +126,23 @@ def _default_rank_fn() -> RankFn:
 
 def main(argv: Sequence[str] | None = None) -> int:
     import ray
-    from facetrain.jobs.cli import build_parser
+    from facetrain.jobs.cli import train as command
+    from facetrain.jobs.cli.common import parse_command
     from facetrain.jobs.cli.config import ConfigError, load_config
     from facetrain.pipeline.config import TrainConfig
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(["train", *argv])
+    # `facetrain train`'s own parser; the run itself differs (Ray Train workers, not local ranks).
+    args = parse_command(command, "train", argv)
     # `facetrain train` defaults --nproc to 1 local rank; on a cluster, an absent --nproc
     # means one worker per GPU, so only an explicit one counts.
     given_nproc = any(arg == "--nproc" or arg.startswith("--nproc=") for arg in argv)
     try:
         if args.config is None:
-            raise ConfigError("--config FILE is required (see configs/ for examples)")
+            raise ConfigError(
+                "--config FILE|NAME is required "
+                "(`facetrain configs list` names the shipped recipes)"
+            )
         cfg = load_config(TrainConfig, args.config, args.overrides)
     except ConfigError as err:
         print(f"facetrain.jobs.ray.train: error: {err}", file=sys.stderr)

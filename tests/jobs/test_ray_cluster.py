@@ -1,7 +1,7 @@
 """`facetrain submit` against a real Ray head on 127.0.0.1 with token auth enabled.
 
 One head for the module (~10-20 s to start): a prep job ships this checkout, runs
-`python -m jobs.prep` on the cluster, and must write the same shards as an inline local
+`python -m facetrain.jobs.ray.prep` on the cluster, and must write the same shards as an inline local
 run; a failing job's exit code comes back; a missing or wrong token gets one line; no
 process of the head listens on or talks to a non-loopback address; all of it stops by pid.
 """
@@ -153,7 +153,8 @@ def test_train_job_runs_two_ray_train_workers_on_the_prepped_shards(
     )
     captured = capsys.readouterr()
     assert code == 0, captured.err + captured.out[-4000:]
-    assert "python -m facetrain.jobs.ray.train" in captured.err and "--nproc=2" in captured.err
+    # The job runs the arguments as typed.
+    assert f"python -m facetrain.jobs.ray.train --config {config_file} --nproc 2" in captured.err
     assert "2 Ray Train worker(s), CPU (gloo)" in captured.out
     assert "facetrain.jobs.ray.train: 3 steps on 2 workers" in captured.out
     run_ids = [

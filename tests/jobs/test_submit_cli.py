@@ -1,6 +1,8 @@
-"""`facetrain submit` against stand-in heads on 127.0.0.1: auth header, 401/403 lines, status."""
+"""`facetrain submit` against stand-in heads on 127.0.0.1: auth header, 401/403 lines, status,
+and the entrypoint a submitted job gets."""
 
 import json
+import shlex
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +20,7 @@ class _Head:
         self.status = status
         self.want_token = want_token
         self.seen_auth: list[str | None] = []
+        self.submitted: list[dict] = []
         head = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -44,6 +47,15 @@ class _Head:
                     self._reply(200, "application/json", json.dumps(body).encode())
                 else:
                     self._reply(404, "text/plain", b"Job does not exist")
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                length = int(self.headers.get("Content-Length", 0))
+                if self.path.rstrip("/") != "/api/jobs":
+                    self._reply(404, "text/plain", b"Not found")
+                    return
+                head.submitted.append(json.loads(self.rfile.read(length)))
+                body = {"submission_id": JOB, "job_id": None}
+                self._reply(200, "application/json", json.dumps(body).encode())
 
             def _reply(self, code: int, kind: str, body: bytes) -> None:
                 self.send_response(code)
@@ -156,3 +168,25 @@ def test_unknown_job_and_unreachable_head_are_one_line_errors(no_token_env, caps
 def test_address_must_be_a_dashboard_url(no_token_env, capsys):
     code, _, err = _run(["submit", "status", JOB, "--address", "127.0.0.1:6379"], capsys)
     assert code == 2 and "http://HEAD:8265" in err
+
+
+def test_submitted_job_runs_the_arguments_as_typed(no_token_env, tmp_path, capsys):
+    typed = [
+        "--config", str(tmp_path / "my configs" / "train.yaml"),
+        "--set", "train.steps=10", "--set=train.lr=0.05", "--set", "mlflow.run_name=a b",
+        "--nproc", "2",
+    ]  # fmt: skip
+    head = _Head(200)
+    try:
+        code, out, err = _run(
+            ["submit", "train", "--address", head.address, "--no-wait", "--ship", "installed",
+             *typed, "--env", "OMP_NUM_THREADS=1"],
+            capsys,
+        )  # fmt: skip
+    finally:
+        head.close()
+    assert code == 0, err
+    assert out.strip() == JOB
+    (job,) = head.submitted
+    assert shlex.split(job["entrypoint"]) == ["python", "-m", "facetrain.jobs.ray.train", *typed]
+    assert job["runtime_env"] == {"env_vars": {"OMP_NUM_THREADS": "1"}}

@@ -1,4 +1,4 @@
-"""How `python -m jobs.train` sizes its Ray Train worker group."""
+"""How `python -m facetrain.jobs.ray.train` sizes its Ray Train worker group."""
 
 import pytest
 from facetrain.jobs.ray.train import Scaling, choose_scaling

@@ -5,6 +5,7 @@ resolve, and every command a manifest runs parses with facetrain's own CLI."""
 from __future__ import annotations
 
 import copy
+import importlib.util
 import re
 import shlex
 from pathlib import Path
@@ -165,8 +166,9 @@ def _entrypoint_argv(job: dict) -> tuple[str, list[str]]:
     argv = shlex.split(job["spec"]["entrypoint"])
     if argv[0] == "facetrain":
         return argv[1], argv[2:]
-    assert argv[:2] == ["python", "-m"] and argv[2].startswith("jobs."), argv
-    return argv[2].removeprefix("jobs."), argv[3:]
+    assert argv[:2] == ["python", "-m"] and argv[2].startswith("facetrain.jobs.ray."), argv
+    assert importlib.util.find_spec(argv[2]) is not None, f"no module {argv[2]}"
+    return argv[2].removeprefix("facetrain.jobs.ray."), argv[3:]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
