@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
+from facetrain.data_prep.errors import describe_validation_error
 from pydantic import BaseModel, ValidationError
 
 if TYPE_CHECKING:
@@ -143,23 +144,6 @@ def validate(model: type[M], tree: Mapping[str, Any], source: str = "config") ->
         return model.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(f"{source}: {describe_validation_error(err)}") from err
-
-
-def describe_validation_error(err: ValidationError) -> str:
-    """The first problem as `key 'a.b': expected <type>, got <value>` (plus a count of the rest)."""
-    problems = err.errors()
-    first = problems[0]
-    key = ".".join(str(part) for part in first["loc"]) or "<root>"
-    kind = first["type"]
-    if kind == "extra_forbidden":
-        text = f"unknown key '{key}'"
-    elif kind == "missing":
-        text = f"missing key '{key}'"
-    else:
-        text = f"key '{key}': {first['msg'].lower()}, got {first.get('input')!r}"
-    if len(problems) > 1:
-        text += f" (and {len(problems) - 1} more problem(s))"
-    return text
 
 
 def save_resolved(config: BaseModel, path: str | Path) -> Path:

@@ -25,6 +25,7 @@ from typing import Any
 
 from facetrain.jobs.demo.config import DemoConfig
 from facetrain.jobs.demo.heldout import HeldOutPairs, heldout_sources, make_heldout_pairs
+from facetrain.pipeline.eval.tracking import ensure_experiment
 
 STAGES = ("data", "prep", "pairs", "train", "eval")
 
@@ -154,17 +155,6 @@ def build_train_config(config: DemoConfig, layout: DemoLayout):
     train_config = validate(TrainConfig, tree, source="demo config 'train'")
     save_resolved(train_config, layout.train_config)
     return train_config
-
-
-def ensure_experiment(tracking_uri: str, name: str, artifacts: Path) -> str:
-    """Create the experiment with its artifacts under --out (MLflow would pick ./mlruns)."""
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifacts.as_uri())
 
 
 def train_command(config_path: str | Path, nproc: int, summary_path: str | Path) -> list[str]:

@@ -60,12 +60,11 @@ def ensure_process_group() -> None:
     and the collectives assume one, and with one rank it costs nothing."""
     if dist.is_initialized():
         return
-    import socket
+    from facetrain.pipeline.ports import free_port
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
+    )
 
 
 def build_engine(backbone: nn.Module, cfg: TrainConfig, world_size: int):
