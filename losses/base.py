@@ -8,6 +8,8 @@ A loss is an `nn.Module` with
                                                         sampling), so a resume draws the same
     group                                               the process group it is exact over;
                                                         None means one process
+    updates_state_in_forward                            True when forward moves state from
+                                                        the embeddings (centres)
 
 Losses that hold per-class rows (classifiers, centres) are also `ClassSharded`: they own the
 rows of classes class_start … class_start+num_local_classes-1 and save/load them through
@@ -26,6 +28,11 @@ from torch import Tensor, nn
 
 class EmbeddingLoss(nn.Module):
     """Base of every loss: `forward(embeddings, labels)` plus the optional parts above."""
+
+    # True when a training-mode forward changes state from the embeddings it sees (the
+    # centre loss moves its centres): a trainer must then check the embeddings are finite
+    # before the forward, since undoing that update would mean copying every centre.
+    updates_state_in_forward: bool = False
 
     def statistics(self) -> dict[str, float]:
         """Scalars about the latest forward besides the loss value; none by default."""

@@ -28,6 +28,7 @@ class CenterLoss(ClassShardedMixin, EmbeddingLoss):
     """`.centers` holds rows class_start…+num_local_classes-1; add λ·L_c to a softmax loss."""
 
     _class_tensor_names = ("centers",)
+    updates_state_in_forward = True
 
     def __init__(
         self,

@@ -127,6 +127,16 @@ class TrainSection(Section):
         10, ge=1, description="stop after this many skipped steps in a row"
     )
     log_every: int = Field(10, ge=1)
+    # Ray Train only (`facetrain submit train`, `python -m facetrain.jobs.ray.train`):
+    workers: int | None = Field(
+        None, ge=1, description="Ray Train workers; default --nproc, else one per GPU (or 1)"
+    )
+    resources_timeout: float = Field(
+        600.0, gt=0, description="seconds to wait for the autoscaler to provide the workers"
+    )
+    max_failures: int = Field(
+        3, ge=0, description="worker-group restarts (from the latest checkpoint) after a failure"
+    )
 
 
 class CheckpointConfig(Section):

@@ -9,11 +9,15 @@ gloo. Ray Train sets up the process group; run_rank finds it already initialised
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from facetrain.pipeline.train.devices import process_group_backend
+
 RankFn = Callable[[Any], Any]
+PROG = "facetrain.jobs.ray.train"
 
 
 @dataclass(frozen=True)
@@ -25,46 +29,86 @@ class Scaling:
 
     @property
     def backend(self) -> str:
-        return "nccl" if self.use_gpu else "gloo"
+        return process_group_backend("cuda" if self.use_gpu else "cpu")
+
+    def bundle(self) -> dict[str, int]:
+        return {"CPU": 1, "GPU": 1} if self.use_gpu else {"CPU": 1}
 
 
 def choose_scaling(
-    device: str, nproc: int | None, cluster_resources: Mapping[str, float]
+    device: str, nproc: int | None, workers: int | None, cluster_resources: Mapping[str, float]
 ) -> Scaling:
     """Workers and devices for `train.device` (auto|cpu|cuda) on a cluster with these resources.
 
-    `--nproc` wins when given; otherwise one worker per GPU on a GPU cluster, one CPU worker
-    elsewhere. `device=cuda` on a cluster without GPUs is an error, not a silent CPU run.
+    The count is `--nproc`, else `train.workers`, else one per GPU the cluster has now (or one
+    CPU worker). `device: cuda` asks for GPU workers whether or not the cluster has GPUs yet:
+    an autoscaling GPU group may start at 0 and grow once asked (see `wait_for_resources`).
+    `device: auto` trains on GPUs when the cluster has some now, and says so when it has none.
     """
     gpus = int(cluster_resources.get("GPU", 0))
-    if device == "cuda" and gpus == 0:
-        raise ValueError("train.device=cuda: the Ray cluster has no GPU resources")
     use_gpu = device == "cuda" or (device == "auto" and gpus > 0)
-    if nproc is not None:
-        if nproc < 1:
-            raise ValueError(f"--nproc {nproc}: expected at least 1 worker")
-        if use_gpu and nproc > gpus:
-            # Ray would wait forever for GPUs the cluster cannot give (autoscaling aside).
-            print(
-                f"facetrain.jobs.ray.train: note: --nproc {nproc} GPU workers, cluster has {gpus} GPUs now; "
-                "waiting for the autoscaler",
-                file=sys.stderr,
+    count = nproc if nproc is not None else workers
+    if count is not None and count < 1:
+        raise ValueError(f"--nproc {count}: expected at least 1 worker")
+    if device == "auto" and gpus == 0:
+        print(
+            f"{PROG}: note: train.device auto and the cluster has no GPUs now: training on CPU "
+            "workers (set train.device: cuda to wait for an autoscaling GPU group instead)",
+            file=sys.stderr,
+        )
+    if count is None:
+        count = max(gpus, 1) if use_gpu else 1
+    return Scaling(count, use_gpu)
+
+
+def wait_for_resources(
+    scaling: Scaling,
+    timeout_s: float,
+    cluster_resources: Callable[[], Mapping[str, float]],
+    request: Callable[[list[dict[str, int]]], None] | None = None,
+    poll_s: float = 2.0,
+) -> None:
+    """Ask the autoscaler for the workers' bundles and wait until the cluster has them; a
+    ValueError naming what is missing after `timeout_s` (train.resources_timeout)."""
+    needed = {key: value * scaling.num_workers for key, value in scaling.bundle().items()}
+    if request is not None:
+        request([scaling.bundle()] * scaling.num_workers)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        have = cluster_resources()
+        missing = {key: value for key, value in needed.items() if have.get(key, 0.0) < value}
+        if not missing:
+            return
+        if time.monotonic() >= deadline:
+            wanted = ", ".join(
+                f"{value:g} {key} (has {have.get(key, 0.0):g})" for key, value in missing.items()
             )
-        return Scaling(nproc, use_gpu)
-    return Scaling(gpus if use_gpu else 1, use_gpu)
+            raise ValueError(
+                f"{scaling.num_workers} Ray Train worker(s) need {wanted} and the cluster did "
+                f"not provide them within train.resources_timeout={timeout_s:g}s; scale the "
+                "worker group (GPU groups: maxReplicas), lower --nproc, or raise the timeout"
+            )
+        print(f"{PROG}: waiting for the cluster to provide {missing}", file=sys.stderr)
+        time.sleep(poll_s)
 
 
 def train_on_ray(
-    cfg: Any, scaling: Scaling, rank_fn: RankFn | None = None, storage_path: str | None = None
-) -> str | None:
+    cfg: Any,
+    scaling: Scaling,
+    rank_fn: RankFn | None = None,
+    storage_path: str | None = None,
+    max_failures: int = 0,
+) -> dict | None:
     """Run `rank_fn(cfg)` (default: `loop.run_rank`) on every Ray Train worker.
 
     Returns what rank 0's `rank_fn` returned (run_rank's summary: steps, checkpoint,
-    mlflow_run_id, ...). Raises the workers' error when training fails.
+    mlflow_run_id, ...). Raises the workers' error when training fails `max_failures` + 1
+    times: after each failure Ray Train starts the worker group again and run_rank resumes
+    from the newest checkpoint in checkpoint.dir, which must be storage every node sees.
     """
     import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
 
     # Ray Train keeps only metrics attached to checkpoints; rank 0's answer comes back
     # through a small actor instead, which works on any number of nodes.
@@ -79,11 +123,47 @@ def train_on_ray(
             "use_gpu": scaling.use_gpu,
         },
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu),
-        torch_config=TorchConfig(backend=scaling.backend),
-        run_config=RunConfig(name="facetrain-train", storage_path=storage_path),
+        torch_config=_interface_aware_torch_config(scaling.backend),
+        run_config=RunConfig(
+            name="facetrain-train",
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=max_failures),
+        ),
     )
     trainer.fit()
     return ray.get(outcome.get.remote())
+
+
+def _interface_aware_torch_config(backend: str):
+    """Ray Train's TorchConfig, whose process group starts on the interface that reaches
+    worker 0 (gloo otherwise binds to the address the host name resolves to, and on hosts
+    where that is 127.0.0.1 or off the cluster network, the group hangs)."""
+    from ray.train.torch import TorchConfig
+    from ray.train.torch.config import _TorchBackend
+
+    class InterfaceAwareBackend(_TorchBackend):
+        def on_start(self, worker_group, backend_config) -> None:
+            import ray
+
+            master = worker_group.execute_single(0, ray.util.get_node_ip_address)
+            worker_group.execute(_choose_socket_interface, master)
+            super().on_start(worker_group, backend_config)
+
+    class InterfaceAwareTorchConfig(TorchConfig):
+        @property
+        def backend_cls(self):
+            return InterfaceAwareBackend
+
+    return InterfaceAwareTorchConfig(backend=backend)
+
+
+def _choose_socket_interface(master_addr: str) -> None:
+    import os
+
+    from facetrain.pipeline.train.rendezvous import socket_interface_env
+
+    # For the lifetime of this worker process: its process group is the only one it starts.
+    os.environ.update(socket_interface_env(master_addr, os.environ))
 
 
 class _Outcome:
@@ -145,24 +225,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         cfg = load_config(TrainConfig, args.config, args.overrides)
     except ConfigError as err:
-        print(f"facetrain.jobs.ray.train: error: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     # Inside a Ray job RAY_ADDRESS names the cluster; elsewhere this starts a local Ray.
     ray.init()
+    from ray.autoscaler.sdk import request_resources
+
     try:
         scaling = choose_scaling(
-            cfg.train.device, args.nproc if given_nproc else None, ray.cluster_resources()
+            cfg.train.device,
+            args.nproc if given_nproc else None,
+            cfg.train.workers,
+            ray.cluster_resources(),
+        )
+        wait_for_resources(
+            scaling,
+            cfg.train.resources_timeout,
+            ray.cluster_resources,
+            lambda bundles: request_resources(bundles=bundles),
         )
     except ValueError as err:
-        print(f"facetrain.jobs.ray.train: error: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     print(
-        f"facetrain.jobs.ray.train: {scaling.num_workers} Ray Train worker(s), "
+        f"{PROG}: {scaling.num_workers} Ray Train worker(s), "
         f"{'one GPU each (nccl)' if scaling.use_gpu else 'CPU (gloo)'}",
         file=sys.stderr,
     )
-    summary = train_on_ray(cfg, scaling) or {}
-    print(f"facetrain.jobs.ray.train: {summary.get('steps')} steps on {summary.get('world_size')} workers")
+    summary = train_on_ray(cfg, scaling, max_failures=cfg.train.max_failures) or {}
+    print(f"{PROG}: {summary.get('steps')} steps on {summary.get('world_size')} workers")
     print(f"checkpoint: {summary.get('checkpoint')}")
     if summary.get("mlflow_run_id"):
         print(f"MLflow run: {summary['mlflow_run_id']}")

@@ -60,5 +60,9 @@ class Objective(nn.Module):
             for key, value in loss.statistics().items()
         }
 
+    @property
+    def updates_state_in_forward(self) -> bool:
+        return any(loss.updates_state_in_forward for loss in self.terms.values())
+
     def class_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

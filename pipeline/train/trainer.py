@@ -112,15 +112,24 @@ class Trainer:
 
         # A skipped step must leave no trace: the forward pass already moved BatchNorm's
         # running statistics and the losses' counters (A-Softmax lambda), so keep copies.
-        # (Centres only move with finite embeddings, which are checked first.)
         saved_buffers = self._small_buffers()
         with autocast(self.device, self.precision):
             embeddings = self.engine(images)
         embeddings = embeddings.float()  # the losses and the class-sharded layer stay fp32
-        if not all_ranks_true(bool(torch.isfinite(embeddings).all()), self.device, self.group):
+        embeddings_finite = bool(torch.isfinite(embeddings).all())
+        # Centres move inside the forward: only finite embeddings may reach it.
+        if self.objective.updates_state_in_forward and not all_ranks_true(
+            embeddings_finite, self.device, self.group
+        ):
             return self._skip("non-finite embeddings", started, saved_buffers)
         total, terms = self.objective(embeddings, labels)
-        if not all_ranks_true(bool(torch.isfinite(total)), self.device, self.group):
+        # Non-finite embeddings make a non-finite loss: one agreement covers both, which
+        # saves a collective (a synchronisation of all ranks) per step.
+        if not all_ranks_true(
+            embeddings_finite and bool(torch.isfinite(total)), self.device, self.group
+        ):
+            if not embeddings_finite:
+                return self._skip("non-finite embeddings", started, saved_buffers)
             detail = {k: float(v.detach()) for k, v in terms.items()}
             return self._skip(f"non-finite loss ({detail})", started, saved_buffers)
 
