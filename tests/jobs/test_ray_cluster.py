@@ -167,7 +167,8 @@ def test_train_job_runs_two_ray_train_workers_on_the_prepped_shards(
     import mlflow
 
     run = mlflow.MlflowClient(tracking_uri=config["mlflow"]["tracking_uri"]).get_run(run_ids[0])
-    assert run.data.tags.get("world_size", run.data.params.get("world_size")) in (None, "2")
+    assert run.data.tags["world_size"] == "2"
+    assert json.loads(run.data.tags["facetrain.rank_hosts"]) == ["127.0.0.1", "127.0.0.1"]
     assert list((tmp_path / "ckpt").iterdir()), "no checkpoint written"
     assert head.non_loopback_sockets() == []
 
