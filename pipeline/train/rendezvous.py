@@ -73,18 +73,17 @@ class LaunchedRank:
 def rank_from_environment(env: Mapping[str, str]) -> LaunchedRank | None:
     """torchrun's RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT, or Slurm's
     SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID with MASTER_ADDR set by the batch script;
-    None when this process was not started as one rank of a run."""
+    None when this process was not started as one rank of a run. MASTER_ADDR is part of
+    the test: torchrun always sets it, while a stray RANK/WORLD_SIZE (DeepSpeed sets them in
+    a process that built an engine) does not make a rank."""
+    if "MASTER_ADDR" not in env:
+        return None
     if "RANK" in env and "WORLD_SIZE" in env:
         names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "MASTER_ADDR" in env:
+    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         names = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
     else:
         return None
-    if "MASTER_ADDR" not in env:
-        raise ValueError(
-            f"{names[0]} and {names[1]} are set but MASTER_ADDR is not: "
-            "set it to the address of the rank-0 host"
-        )
     try:
         rank, world, local = (int(env.get(name, "0")) for name in names)
         port = int(env.get("MASTER_PORT", DEFAULT_MASTER_PORT))

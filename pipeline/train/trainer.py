@@ -28,6 +28,7 @@ from facetrain.pipeline.train.engine import (
     make_optimizer,
     resolve_precision,
     set_lr,
+    unwrapped,
 )
 from facetrain.pipeline.train.objective import Objective
 from facetrain.pipeline.train.precision import DynamicLossScale, autocast
@@ -91,7 +92,7 @@ class Trainer:
 
     @property
     def backbone(self) -> torch.nn.Module:
-        return self.engine.module
+        return unwrapped(self.engine.module)
 
     @property
     def head_lr(self) -> float:
