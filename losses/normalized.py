@@ -6,11 +6,11 @@ scatter), autograd keeps a normalised copy of the class shard and several batch 
 tensors alive, which at a million classes costs 2.6× softmax's memory and 3–4× its time.
 Here:
 
-- `normalized_logits` scales `f @ Wᵀ` by the inverse row norms in place and writes the
-  (already margined) target logits into it; its backward is written by hand, so no
-  normalised copy of W exists in either pass and autograd saves no batch × class tensor;
-- the target logits come from a separate [T, D] product of the target rows only, so the
-  margin maths (`acos`, `cos`, ψ) runs on T values, with ordinary autograd.
+- `normalized_logits` scales `f @ Wᵀ` by the inverse row norms in place; its backward is
+  written by hand, so no normalised copy of W exists in either pass and autograd saves no
+  batch × class tensor;
+- it also hands out the T target cosines, so the margin maths (`acos`, `cos`, ψ) runs on T
+  values with ordinary autograd, and the result is added onto the target entries in place.
 """
 
 from __future__ import annotations
@@ -39,54 +39,49 @@ class _NormalizedLogits(torch.autograd.Function):
         ctx,
         features: Tensor,
         weight: Tensor,
-        target_values: Tensor,
         target_rows: Tensor,
         target_cols: Tensor,
         scale: float,
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor]:
         # linalg.vector_norm reduces rows without a [C, D] temporary.
         inv_norms = torch.linalg.vector_norm(weight, dim=1).clamp_min(1e-12).reciprocal()
-        column_scale = inv_norms * scale
         logits = features @ weight.T
+        target_dots = logits[target_rows, target_cols] * inv_norms[target_cols]
+        column_scale = inv_norms * scale
         logits.mul_(column_scale)
-        logits[target_rows, target_cols] = target_values
         ctx.save_for_backward(features, weight, inv_norms, column_scale, target_rows, target_cols)
-        return logits
+        return logits, target_dots
 
     @staticmethod
-    def backward(ctx, grad_logits: Tensor):
+    def backward(ctx, grad_logits: Tensor, grad_target_dots: Tensor):
         features, weight, inv_norms, column_scale, target_rows, target_cols = ctx.saved_tensors
-        grad_target = grad_logits[target_rows, target_cols]
-        # dL/d(f·W_j) for every non-target entry; target entries were overwritten in forward,
-        # so their gradient goes to `target_values` only.
+        # g_ij = dL/d(f_i · W_j): every logit, plus the target dots handed out separately.
         grad_dots = grad_logits * column_scale
-        grad_dots[target_rows, target_cols] = 0
+        if grad_target_dots is not None:
+            grad_dots[target_rows, target_cols] += grad_target_dots * inv_norms[target_cols]
         grad_features = grad_weight = None
         if ctx.needs_input_grad[0]:
             grad_features = grad_dots @ weight
         if ctx.needs_input_grad[1]:
-            # With u_j = W_j/‖W_j‖ and a_j = Σ_i g_ij f_i / ‖W_j‖ (g scaled as above):
+            # With u_j = W_j/‖W_j‖ and a_j = Σ_i g_ij f_i (g_ij already carries 1/‖W_j‖):
             # dL/dW_j = a_j − u_j (u_j · a_j), the projection off the row direction.
             grad_weight = grad_dots.T @ features
             del grad_dots
             radial = _row_dots(grad_weight, weight).mul_(inv_norms.square())
             grad_weight.addcmul_(weight, radial[:, None], value=-1.0)
-        return grad_features, grad_weight, grad_target, None, None, None
+        return grad_features, grad_weight, None, None, None
 
 
 def normalized_logits(
-    features: Tensor,
-    weight: Tensor,
-    scale: float,
-    target_rows: Tensor,
-    target_cols: Tensor,
-    target_values: Tensor,
-) -> Tensor:
-    """[N, C] logits `scale · features @ (W / ‖W‖)ᵀ`, entry (target_rows[t], target_cols[t])
-    replaced by target_values[t]; gradients flow to features, weight and target_values."""
-    return _NormalizedLogits.apply(
-        features, weight, target_values.to(features.dtype), target_rows, target_cols, scale
-    )
+    features: Tensor, weight: Tensor, scale: float, target_rows: Tensor, target_cols: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(`scale · features @ (W / ‖W‖)ᵀ` [N, C], the unscaled target entries `f_i · W_j/‖W_j‖`
+    at (target_rows, target_cols) [T]); both differentiable in features and weight.
+
+    The target dots come out separately so the margin can be computed from them without a
+    gather from W (whose backward would allocate a dense [C, D] gradient of zeros).
+    """
+    return _NormalizedLogits.apply(features, weight, target_rows, target_cols, scale)
 
 
 class NormalizedClassifierLoss(ShardedClassifierLoss):
@@ -112,12 +107,12 @@ class NormalizedClassifierLoss(ShardedClassifierLoss):
         features = self.features(embeddings_all)
         target_rows = (target_cols >= 0).nonzero().squeeze(1)
         cols = target_cols[target_rows]
-        target_features, target_weight = features[target_rows], weight[cols]
-        feature_norms = torch.linalg.vector_norm(target_features, dim=1)
-        cos_target = (target_features * target_weight).sum(dim=1) / (
-            feature_norms * torch.linalg.vector_norm(target_weight, dim=1)
+        logits, target_dots = normalized_logits(
+            features, weight, self.logit_scale, target_rows, cols
         )
-        target_values = self.target_logits(cos_target, feature_norms)
-        return normalized_logits(
-            features, weight, self.logit_scale, target_rows, cols, target_values
-        )
+        feature_norms = torch.linalg.vector_norm(features[target_rows], dim=1)
+        target_values = self.target_logits(target_dots / feature_norms, feature_norms)
+        # Swap the plain target logit for the margined one as an in-place sum (its backward
+        # passes the batch × class gradient through untouched, where an overwrite copies it).
+        margin_shift = target_values.to(logits.dtype) - self.logit_scale * target_dots
+        return logits.index_put_((target_rows, cols), margin_shift, accumulate=True)

@@ -148,18 +148,21 @@ def test_normalized_logits_backward_equals_autograd_through_normalize():
     features = torch.randn(7, 5, generator=gen, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(9, 5, generator=gen, dtype=torch.float64, requires_grad=True)
     rows, cols = torch.tensor([0, 2, 3, 6]), torch.tensor([4, 0, 4, 8])
-    values = torch.randn(4, generator=gen, dtype=torch.float64, requires_grad=True)
     upstream = torch.randn(7, 9, generator=gen, dtype=torch.float64)
+    upstream_dots = torch.randn(4, generator=gen, dtype=torch.float64)
 
-    got = normalized_logits(features, weight, 3.5, rows, cols, values)
-    expected = (3.5 * features @ F.normalize(weight, dim=1).T).index_put((rows, cols), values)
-    torch.testing.assert_close(got, expected, rtol=1e-13, atol=1e-13)
-    got_grads = torch.autograd.grad(got, (features, weight, values), upstream)
-    expected_grads = torch.autograd.grad(expected, (features, weight, values), upstream)
-    for mine, ref in zip(got_grads, expected_grads, strict=True):
+    logits, dots = normalized_logits(features, weight, 3.5, rows, cols)
+    plain = features @ F.normalize(weight, dim=1).T
+    torch.testing.assert_close(logits, 3.5 * plain, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(dots, plain[rows, cols], rtol=1e-13, atol=1e-13)
+    got = torch.autograd.grad((logits, dots), (features, weight), (upstream, upstream_dots))
+    expected = torch.autograd.grad(
+        (3.5 * plain, plain[rows, cols]), (features, weight), (upstream, upstream_dots)
+    )
+    for mine, ref in zip(got, expected, strict=True):
         torch.testing.assert_close(mine, ref, rtol=1e-12, atol=1e-13)
     assert torch.autograd.gradcheck(
-        lambda f, w, v: normalized_logits(f, w, 3.5, rows, cols, v), (features, weight, values)
+        lambda f, w: normalized_logits(f, w, 3.5, rows, cols), (features, weight)
     )
 
 
