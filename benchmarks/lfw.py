@@ -5,13 +5,14 @@
 1. prep: the identities of `peopleDevTrain.txt` (their images only, through a folder of
    links), aligned 112x112 with the SphereFace authors' landmarks, on local Ray;
 2. train each objective with `facetrain train --nproc N` for the same number of steps:
-   softmax, A-Softmax (m=4), softmax + centre, triplet (semi-hard), A-Softmax + triplet;
+   softmax, A-Softmax (m=4), ArcFace, CosFace, softmax + centre, triplet (semi-hard),
+   A-Softmax + triplet;
 3. verify each on `pairsDevTest.txt` (people disjoint from DevTrain) at the threshold chosen
    on `pairsDevTrain.txt`, plus AUC and TAR@FAR on DevTest.
 
 All runs go to one MLflow experiment (select them and press Compare in the UI). The table goes
 into BENCHMARKS.md (section `lfw`), the overlaid ROC curves into one PNG. The papers' order
-(A-Softmax >= centre > softmax) is a hypothesis here: small budgets can reorder it.
+(A-Softmax >= centre > softmax, ArcFace ≈ CosFace >= A-Softmax) is a hypothesis here: small budgets can reorder it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ DEFAULT_LFW = REPO.parent / "shared" / "data" / "lfw"
 OBJECTIVES: dict[str, list[dict]] = {
     "softmax": [{"type": "softmax"}],
     "asoftmax": [{"type": "asoftmax", "margin": 4}],
+    "arcface": [{"type": "arcface", "margin": 0.5, "scale": 64.0}],
+    "cosface": [{"type": "cosface", "margin": 0.35, "scale": 64.0}],
     "softmax+center": [{"type": "softmax"}, {"type": "center", "weight": 0.003}],
     "triplet": [{"type": "triplet", "mining": "semihard", "margin": 0.2}],
     # FaceNet's offline selection: every 100 steps, embed 90 identities x <= 20 images and

@@ -6,9 +6,12 @@ group, or None for one process). Losses holding per-class rows are `ClassSharded
 See docs/losses.md.
 """
 
+from facetrain.losses.arcface import ArcFaceLoss
 from facetrain.losses.asoftmax import ASoftmaxLoss
 from facetrain.losses.base import EmbeddingLoss
 from facetrain.losses.center import CenterLoss
+from facetrain.losses.combined_margin import CombinedMarginLoss
+from facetrain.losses.cosface import CosFaceLoss
 from facetrain.losses.registry import LOSS_TYPES, build_loss, register_loss
 from facetrain.losses.sharding import (
     ClassShardedMixin,
@@ -23,8 +26,11 @@ from facetrain.losses.triplet import TripletLoss
 __all__ = [
     "LOSS_TYPES",
     "ASoftmaxLoss",
+    "ArcFaceLoss",
     "CenterLoss",
     "ClassShardedMixin",
+    "CombinedMarginLoss",
+    "CosFaceLoss",
     "EmbeddingLoss",
     "SoftmaxLoss",
     "TripletLoss",

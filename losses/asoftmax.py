@@ -2,23 +2,23 @@
 
 Weights are normalised per class and there is no bias, so a logit is ‖x‖ cos θ_j. The
 target logit becomes ‖x‖ (λ cos θ_y + ψ(θ_y)) / (1 + λ), applied on the rank that owns
-class y only. λ anneals with the number of training-mode forward calls, as in the Caffe
-reference: the counter is incremented first, so the first training call uses iteration 1.
+class y only, through the memory-lean layer of `normalized.py`. λ anneals with the number
+of training-mode forward calls, as in the Caffe reference: the counter is incremented
+first, so the first training call uses iteration 1.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from facetrain.losses.classifier import ShardedClassifierLoss
 from facetrain.losses.distributed import ProcessGroup
 from facetrain.losses.margins import check_margin, sphereface_lambda, sphereface_psi
+from facetrain.losses.normalized import NormalizedClassifierLoss
 from facetrain.losses.registry import register_loss
 from torch import Tensor
 
 
 @register_loss("asoftmax")
-class ASoftmaxLoss(ShardedClassifierLoss):
+class ASoftmaxLoss(NormalizedClassifierLoss):
     """SphereFace A-Softmax; `.current_lambda` is the λ of the latest training step."""
 
     def __init__(
@@ -63,21 +63,11 @@ class ASoftmaxLoss(ShardedClassifierLoss):
     def on_training_step(self) -> None:
         self.iteration += 1
 
-    def class_logits(
-        self, embeddings_all: Tensor, kept_cols: Tensor | None, target_cols: Tensor
-    ) -> Tensor:
-        weight = self.weight if kept_cols is None else self.weight[kept_cols]
-        logits = embeddings_all @ F.normalize(weight, dim=1).T  # ‖x‖ cos θ_j
-
-        target_rows = (target_cols >= 0).nonzero().squeeze(1)
-        if target_rows.numel() == 0:
-            return logits
-        cols = target_cols[target_rows]
-        norms = embeddings_all[target_rows].norm(dim=1)
-        cos_target = logits[target_rows, cols] / norms
+    def target_logits(self, cos_target: Tensor, feature_norms: Tensor) -> Tensor:
+        # Unnormalised embeddings: every logit is ‖x‖ cos θ_j (logit_scale 1).
         lam = self.current_lambda
-        target = norms * (lam * cos_target + sphereface_psi(cos_target, self.margin)) / (1.0 + lam)
-        return logits.index_put((target_rows, cols), target)
+        psi = sphereface_psi(cos_target, self.margin)
+        return feature_norms * (lam * cos_target + psi) / (1.0 + lam)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, margin={self.margin}, lambda={self.current_lambda:.4g}"

@@ -53,3 +53,23 @@ def sphereface_lambda(
 ) -> float:
     """λ = max(minimum, base · (1 + gamma · iteration)^(−power)), SphereFace's annealing."""
     return max(minimum, base * (1.0 + gamma * iteration) ** (-power))
+
+
+def combined_margin_cos(cos_theta: Tensor, m1: float, m2: float, m3: float) -> Tensor:
+    """insightface's combined margin cos(m1·θ + m2) − m3 of the target cosine.
+
+    (1, m, 0) is ArcFace, (1, 0, m) CosFace. Where m1·θ + m2 passes π the angular form would
+    start rising again (a wrong class could then beat the target by moving away), so, as
+    ArcFace's and arcface_torch's code do, those rows fall back to cos θ − m2·sin(m2) − m3.
+    The angle is taken for the target column only; cos θ is clamped inside [-1, 1] by one
+    ulp so that `acos`'s derivative stays finite at perfect alignment.
+    """
+    if m1 == 1.0 and m2 == 0.0:
+        return cos_theta - m3  # CosFace: no angle needed
+    limit = 1.0 - torch.finfo(cos_theta.dtype).eps
+    theta = torch.acos(cos_theta.clamp(-limit, limit))
+    angular = torch.cos(m1 * theta + m2) - m3
+    # Rows with m1·θ + m2 <= π, written on cos θ as insightface does (`cos θ > cos(π − m)`).
+    turn = math.cos(min(max((math.pi - m2) / m1, 0.0), math.pi))
+    fallback = cos_theta - m2 * math.sin(m2) - m3
+    return torch.where(cos_theta.detach() > turn, angular, fallback)

@@ -67,6 +67,31 @@ class ASoftmaxTerm(LossTermBase):
     sample_rate: float = Field(1.0, gt=0.0, le=1.0)
 
 
+class ArcFaceTerm(LossTermBase):
+    type: Literal["arcface"]
+    margin: float = Field(0.5, ge=0.0, lt=3.14159, description="additive angle m, radians")
+    scale: float = Field(64.0, gt=0.0)
+    sample_rate: float = Field(1.0, gt=0.0, le=1.0)
+
+
+class CosFaceTerm(LossTermBase):
+    type: Literal["cosface"]
+    margin: float = Field(0.35, ge=0.0, description="additive cosine margin m")
+    scale: float = Field(64.0, gt=0.0)
+    sample_rate: float = Field(1.0, gt=0.0, le=1.0)
+
+
+class CombinedTerm(LossTermBase):
+    """insightface's combined margin: target logit s·(cos(m1·θ + m2) − m3)."""
+
+    type: Literal["combined"]
+    m1: float = Field(1.0, gt=0.0)
+    m2: float = Field(0.5, ge=0.0, lt=3.14159)
+    m3: float = Field(0.0)
+    scale: float = Field(64.0, gt=0.0)
+    sample_rate: float = Field(1.0, gt=0.0, le=1.0)
+
+
 class CenterTerm(LossTermBase):
     type: Literal["center"]
     weight: float = Field(0.003, ge=0.0)  # lambda of Wen et al. 2016
@@ -98,9 +123,16 @@ class TripletTerm(LossTermBase):
 
 
 LossTerm = Annotated[
-    SoftmaxTerm | ASoftmaxTerm | CenterTerm | TripletTerm, Field(discriminator="type")
+    SoftmaxTerm
+    | ASoftmaxTerm
+    | ArcFaceTerm
+    | CosFaceTerm
+    | CombinedTerm
+    | CenterTerm
+    | TripletTerm,
+    Field(discriminator="type"),
 ]
-CLASSIFIER_TYPES = ("softmax", "asoftmax")
+CLASSIFIER_TYPES = ("softmax", "asoftmax", "arcface", "cosface", "combined")
 
 
 class TrainSection(Section):
@@ -181,9 +213,13 @@ class TrainConfig(Section):
         types = [term.type for term in terms]
         classifiers = [t for t in types if t in CLASSIFIER_TYPES]
         if len(classifiers) > 1:
-            raise ValueError(f"at most one classifier term (softmax|asoftmax), got {classifiers}")
+            raise ValueError(
+                f"at most one classifier term ({'|'.join(CLASSIFIER_TYPES)}), got {classifiers}"
+            )
         if "center" in types and not classifiers:
-            raise ValueError("a center term needs a softmax or asoftmax term next to it")
+            raise ValueError(
+                f"a center term needs a classifier term ({'|'.join(CLASSIFIER_TYPES)}) next to it"
+            )
         repeated = sorted({t for t in types if types.count(t) > 1})
         if repeated:
             raise ValueError(f"term type(s) {repeated} appear more than once")

@@ -108,3 +108,27 @@ def triplet_loss(x, labels, margin, mining, normalize=True):
     if not terms:
         return x.sum() * 0.0, chosen
     return sum(terms) / len(terms), chosen
+
+
+def combined_margin_loss(x, weight, labels, m1, m2, m3, scale):
+    """insightface's combined margin from the angle: s·(cos(m1·θ + m2) − m3) for the target,
+    s·cos θ_j otherwise; past m1·θ + m2 > π, arcface_torch's fallback s·(cos θ − m2 sin m2 − m3)."""
+    terms = []
+    for i in range(x.shape[0]):
+        u = x[i] / torch.sqrt((x[i] ** 2).sum())
+        logits = []
+        for j in range(weight.shape[0]):
+            w = weight[j] / torch.sqrt((weight[j] ** 2).sum())
+            cos = u @ w
+            if j == int(labels[i]):
+                theta = torch.acos(cos)
+                if m1 * float(theta.detach()) + m2 < math.pi:
+                    logits.append(scale * (torch.cos(m1 * theta + m2) - m3))
+                else:
+                    logits.append(scale * (cos - m2 * math.sin(m2) - m3))
+            else:
+                logits.append(scale * cos)
+        top = max(float(v.detach()) for v in logits)
+        log_norm = top + torch.log(sum(torch.exp(v - top) for v in logits))
+        terms.append(log_norm - logits[int(labels[i])])
+    return sum(terms) / len(terms)

@@ -15,9 +15,12 @@ import pytest
 import torch
 import torch.distributed as dist
 from facetrain.losses import (
+    ArcFaceLoss,
     ASoftmaxLoss,
     CenterLoss,
     ClassShardedMixin,
+    CombinedMarginLoss,
+    CosFaceLoss,
     SoftmaxLoss,
     TripletLoss,
     merge_shards,
@@ -32,7 +35,11 @@ LOSSES = {
     "asoftmax": ASoftmaxLoss,
     "center": CenterLoss,
     "triplet": TripletLoss,
+    "arcface": ArcFaceLoss,
+    "cosface": CosFaceLoss,
+    "combined": CombinedMarginLoss,
 }
+CLASSIFIERS = ("softmax", "asoftmax", "arcface", "cosface", "combined")
 DIM = 6
 # Unequal local batches; C not divisible by N (7 = 2·3 + 1, 11 = 3·3 + 2).
 SIZES = {2: [5, 3], 3: [4, 2, 5]}
@@ -89,6 +96,34 @@ CASES = {
         classes=40,
         kwargs=dict(margin=4, seed=9, sample_rate=0.3),
     ),
+    # Margins large enough that some targets take the θ + m > π fallback.
+    "arcface64": dict(
+        loss="arcface", dtype=torch.float64, steps=2, kwargs=dict(margin=1.2, scale=8.0, seed=11)
+    ),
+    "arcface32": dict(loss="arcface", dtype=torch.float32, kwargs=dict(scale=16.0, seed=12)),
+    "cosface64": dict(
+        loss="cosface", dtype=torch.float64, steps=2, kwargs=dict(margin=0.35, scale=8.0, seed=13)
+    ),
+    "combined64": dict(
+        loss="combined",
+        dtype=torch.float64,
+        kwargs=dict(m1=1.1, m2=0.3, m3=0.1, scale=6.0, seed=14),
+    ),
+    "arcface_tiny": dict(
+        loss="arcface", dtype=torch.float64, classes=2, kwargs=dict(scale=4.0, seed=15)
+    ),
+    "arcface_sampled": dict(
+        loss="arcface",
+        dtype=torch.float64,
+        classes=40,
+        kwargs=dict(margin=0.5, scale=8.0, seed=16, sample_rate=0.3),
+    ),
+    "cosface_sampled": dict(
+        loss="cosface",
+        dtype=torch.float64,
+        classes=40,
+        kwargs=dict(margin=0.35, scale=8.0, seed=17, sample_rate=0.25),
+    ),
 }
 
 
@@ -112,7 +147,7 @@ def _batch(name, case, world, step):
 
 def _build(case, world, group):
     kwargs = dict(case["kwargs"], group=group)
-    if case["loss"] in ("softmax", "asoftmax"):
+    if case["loss"] in CLASSIFIERS:
         return LOSSES[case["loss"]](DIM, _num_classes(case, world), **kwargs).to(case["dtype"])
     if case["loss"] == "center":
         module = LOSSES["center"](DIM, _num_classes(case, world), **kwargs).to(case["dtype"])
@@ -277,7 +312,9 @@ def test_distributed_step_equals_single_process(ranks, name):
             )
 
 
-@pytest.mark.parametrize("name", ["softmax64", "asoftmax64", "softmax_sampled"])
+@pytest.mark.parametrize(
+    "name", ["softmax64", "asoftmax64", "softmax_sampled", "arcface64", "cosface64"]
+)
 def test_initial_shards_form_the_single_process_matrix(ranks, name):
     world, results = ranks
     module = _build(CASES[name], world, None)
@@ -301,7 +338,9 @@ def test_positives_on_other_ranks_are_used(ranks):
     assert results[0]["triplet_positives_elsewhere"]["steps"][0]["x_grad"].abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", ["softmax_sampled", "asoftmax_sampled"])
+@pytest.mark.parametrize(
+    "name", ["softmax_sampled", "asoftmax_sampled", "arcface_sampled", "cosface_sampled"]
+)
 def test_sampled_classes_keep_targets_and_equal_restricted_softmax(ranks, name):
     world, results = ranks
     case = CASES[name]
@@ -327,8 +366,13 @@ def test_sampled_classes_keep_targets_and_equal_restricted_softmax(ranks, name):
     if case["loss"] == "softmax":
         bias = full["bias"][kept].clone().requires_grad_(True)
         expected = references.softmax_loss(x_ref, weight, bias, restricted_labels)
-    else:
+    elif case["loss"] == "asoftmax":
         expected = references.asoftmax_loss(x_ref, weight, restricted_labels, 4, 1000.0 / 1.12)
+    else:
+        margins = {"arcface": (1.0, 0.5, 0.0), "cosface": (1.0, 0.0, 0.35)}[case["loss"]]
+        expected = references.combined_margin_loss(
+            x_ref, weight, restricted_labels, *margins, case["kwargs"]["scale"]
+        )
     expected.backward()
     for rank, result in enumerate(results):
         step = result[name]["steps"][0]

@@ -77,8 +77,8 @@ def test_load_rows_names_shape_mismatch():
 def test_build_loss_by_type():
     assert isinstance(build_loss("triplet", margin=0.3), TripletLoss)
     assert build_loss("asoftmax", embedding_size=8, num_classes=3, margin=2).margin == 2
-    with pytest.raises(ValueError, match="loss type 'arcface'"):
-        build_loss("arcface")
+    with pytest.raises(ValueError, match="loss type 'magface'"):
+        build_loss("magface")
 
 
 def test_class_tensor_names_list_what_the_module_holds():

@@ -32,9 +32,33 @@ def test_every_objective_has_a_cpu_config():
         ("softmax", "center"),
         ("triplet",),
         ("asoftmax", "triplet"),
+        ("arcface",),
+        ("cosface",),
     } <= objectives
-    gpu = load_config(TrainConfig, REPO / "configs" / "gpu-iresnet50-asoftmax.yaml")
-    assert gpu.model.backbone == "iresnet50" and gpu.train.precision == "bf16"
+    for recipe in ("gpu-iresnet50-asoftmax.yaml", "gpu-iresnet50-arcface.yaml"):
+        gpu = load_config(TrainConfig, REPO / "configs" / recipe)
+        assert gpu.model.backbone == "iresnet50" and gpu.train.precision == "bf16"
+
+
+def test_margin_terms_build_the_losses_they_name():
+    from facetrain.losses import ArcFaceLoss, CombinedMarginLoss, CosFaceLoss
+    from facetrain.pipeline.train.objective import Objective
+
+    for term, loss_type, attributes in [
+        ({"type": "arcface", "margin": 0.4, "scale": 30}, ArcFaceLoss, {"m2": 0.4}),
+        ({"type": "cosface", "margin": 0.3, "scale": 30}, CosFaceLoss, {"m3": 0.3}),
+        ({"type": "combined", "m1": 1.0, "m2": 0.3, "m3": 0.2}, CombinedMarginLoss, {"m2": 0.3}),
+    ]:
+        cfg = TrainConfig.model_validate(
+            {"data": {"shards": "x"}, "loss": [term, {"type": "center"}]}
+        )
+        built = Objective(cfg.loss, num_classes=7, embedding_size=8).terms[term["type"]]
+        assert type(built) is loss_type and built.num_local_classes == 7
+        assert all(getattr(built, key) == value for key, value in attributes.items())
+    with pytest.raises(ValueError, match="at most one classifier term"):
+        TrainConfig.model_validate(
+            {"data": {"shards": "x"}, "loss": [{"type": "arcface"}, {"type": "cosface"}]}
+        )
 
 
 def facetrain(*args, cwd):
