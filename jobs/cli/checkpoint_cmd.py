@@ -71,7 +71,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
         try:
             written = convert_mlflow_model(args.old, args.new)
-        except (FileNotFoundError, FileExistsError) as err:
+        except (FileExistsError, ValueError) as err:
             raise UsageError(str(err)) from err
     print(f"converted {args.old} -> {written}")
     return 0
