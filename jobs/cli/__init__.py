@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from facetrain.jobs.cli import (
+    checkpoint_cmd,
     configs_cmd,
     demo,
     doctor,
@@ -23,7 +24,18 @@ from facetrain.jobs.cli import (
 )
 from facetrain.jobs.cli.common import run_parsed
 
-COMMANDS = (prep, train, eval_cmd, embed, export, submit, configs_cmd, doctor, demo)
+COMMANDS = (
+    prep,
+    train,
+    eval_cmd,
+    embed,
+    export,
+    submit,
+    checkpoint_cmd,
+    configs_cmd,
+    doctor,
+    demo,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

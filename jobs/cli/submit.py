@@ -139,6 +139,15 @@ def _add_submit_options(parser: argparse.ArgumentParser) -> None:
         help="checkout to upload with --ship source (default: the one this facetrain runs from)",
     )
     group.add_argument(
+        "--exclude",
+        dest="submit_exclude",
+        metavar="PATTERN",
+        action="append",
+        default=[],
+        help="leave files matching PATTERN (gitignore syntax, relative to the working dir) out "
+        "of the upload with --ship source, on top of local stores and outputs (repeatable)",
+    )
+    group.add_argument(
         "--pip",
         dest="submit_pip",
         metavar="REQ",
@@ -214,7 +223,11 @@ def run_submit(args: argparse.Namespace) -> int:
         working_dir = None
     try:
         runtime_env = build_runtime_env(
-            ship, working_dir, args.submit_pip, _env_vars(args.submit_env)
+            ship,
+            working_dir,
+            args.submit_pip,
+            _env_vars(args.submit_env),
+            excludes=args.submit_exclude,
         )
     except ValueError as err:
         raise UsageError(str(err)) from err

@@ -2,11 +2,13 @@
 
 Shipping the source as Ray's `working_dir` lets a job run the exact code of the checkout it
 was submitted from on a cluster whose image only carries the dependencies. The excludes keep
-the upload small: virtualenvs, VCS data, MLflow stores and run outputs never belong in it.
+the upload small: virtualenvs, VCS data, MLflow stores and run outputs never belong in it,
+and neither does any checkpoint folder, wherever its `checkpoint.dir` put it.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +22,8 @@ SHIP_EXCLUDES = (
     ".git/",
     "mlruns/",
     "mlartifacts/",
+    "mlflow.db",
+    "mlflow.db-journal",
     "outputs/",
     "/out/",
     "/demo-out/",
@@ -47,15 +51,38 @@ def project_root() -> Path | None:
     return None
 
 
+# Folders never descended into when looking for checkpoint folders (big, and never hold one).
+_NOT_SEARCHED = {".git", ".venv", "venv", "node_modules", "__pycache__", "mlruns", "mlartifacts"}
+
+
+def checkpoint_folders(directory: Path) -> list[str]:
+    """Each folder under `directory` that is a facetrain `checkpoint.dir` (a `latest` file or
+    a `step-*/meta.json` in it), as an anchored exclude pattern `/rel/path/`."""
+    found = []
+    for current, subdirs, files in os.walk(directory):
+        here = Path(current)
+        is_checkpoint_dir = "latest" in files or any(
+            name.startswith("step-") and (here / name / "meta.json").is_file() for name in subdirs
+        )
+        if is_checkpoint_dir and here != directory:
+            found.append(f"/{here.relative_to(directory).as_posix()}/")
+            subdirs.clear()
+            continue
+        subdirs[:] = [name for name in subdirs if name not in _NOT_SEARCHED]
+    return sorted(found)
+
+
 def build_runtime_env(
     ship: Ship,
     working_dir: Path | None = None,
     pip: Sequence[str] = (),
     env_vars: Mapping[str, str] | None = None,
+    excludes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Ray runtime_env for a facetrain job.
 
-    `ship="source"` uploads `working_dir` (default: this checkout) with SHIP_EXCLUDES;
+    `ship="source"` uploads `working_dir` (default: this checkout) without SHIP_EXCLUDES,
+    checkpoint folders found in it, and the extra gitignore-style `excludes` (`--exclude`);
     `ship="installed"` uploads nothing and relies on facetrain in the cluster's image (or on
     `pip`, e.g. `facetrain==0.1.0`).
     """
@@ -72,7 +99,11 @@ def build_runtime_env(
                 f"--working-dir {directory}: expected a facetrain checkout (no jobs/ in it)"
             )
         runtime_env["working_dir"] = str(directory)
-        runtime_env["excludes"] = list(SHIP_EXCLUDES)
+        runtime_env["excludes"] = [
+            *SHIP_EXCLUDES,
+            *checkpoint_folders(directory),
+            *excludes,
+        ]
     if pip:
         runtime_env["pip"] = list(pip)
     if env_vars:

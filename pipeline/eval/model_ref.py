@@ -1,10 +1,16 @@
 """MODEL on the command line -> a torch module, whichever of the accepted forms it takes.
 
 - a training checkpoint (`checkpoint.dir` or one `step-*` folder, via
-  `pipeline.train.checkpoint.load_backbone`), or a TorchScript file from `facetrain export` (so an
-  exported model can be evaluated like the original);
+  `pipeline.train.checkpoint.load_backbone`), a model folder (`pipeline/models/saved.py`), or a
+  TorchScript file from `facetrain export` (so an exported model can be evaluated like the
+  original);
 - an MLflow run id (32 hex digits) -> `runs:/<id>/model`, the backbone the trainer logged;
-- a `runs:/...` or `models:/name/version` (or `models:/name@alias`) URI -> mlflow.pytorch.
+- a `runs:/...` or `models:/name/version` (or `models:/name@alias`) URI.
+
+MLflow models load from their plain artifacts (safetensors weights + model JSON), rebuilt
+through the backbone registry. Models logged as pickled torch modules (`mlflow.pytorch`, the
+old facetrain format) are refused: loading them would run whatever code they carry.
+`facetrain checkpoint convert URI NEW` rewrites one from a trusted source as a model folder.
 
 `run_id` is set when MODEL names a run, so evaluation results can be logged onto that run.
 """
@@ -61,7 +67,10 @@ def is_torchscript(path: Path) -> bool:
 def _load_path(path: Path, device: str) -> torch.nn.Module:
     """A TorchScript file, or a training checkpoint (a `checkpoint.dir` or one step folder)."""
     import torch
+    from facetrain.pipeline.models.saved import is_model_dir, load_model_dir
 
+    if path.is_dir() and is_model_dir(path):
+        return load_model_dir(path).to(device).eval()
     if path.is_file() and is_torchscript(path):
         with warnings.catch_warnings():  # deprecated in favour of torch.export, still supported
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -77,44 +86,77 @@ def _load_path(path: Path, device: str) -> torch.nn.Module:
 
 
 def _load_mlflow(uri: str, device: str) -> torch.nn.Module:
-    import mlflow.pytorch
+    from facetrain.pipeline.models.saved import load_model_dir
+
+    return load_model_dir(_download_safe_model(uri)).to(device).eval()
+
+
+def _download_safe_model(uri: str) -> Path:
+    """The local folder holding the plain weights and model JSON of the MLflow model `uri`;
+    refuses a model in any other (pickled) form before anything of it is deserialised."""
+    import mlflow.artifacts
+    import yaml
 
     try:
-        module = mlflow.pytorch.load_model(uri, map_location=device)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except Exception as err:  # mlflow raises its own exception types per store and version
         raise ValueError(f"MODEL {uri}: could not be loaded from MLflow ({err})") from err
     try:
-        return module.eval()
-    except (NotImplementedError, RuntimeError):
-        # mlflow's "pt2" format loads a torch.export graph: its mode is fixed at export time.
-        return _exported_backbone(module)
+        flavors = yaml.safe_load((local / "MLmodel").read_text()).get("flavors", {})
+    except (OSError, ValueError, AttributeError) as err:
+        raise ValueError(f"MODEL {uri}: no readable MLmodel file ({err})") from err
+    artifacts = local / "artifacts"
+    from facetrain.pipeline.models.saved import is_model_dir
+
+    if "python_function" in flavors and is_model_dir(artifacts):
+        return artifacts
+    kind = (
+        f"a pickled torch module (mlflow.pytorch, {flavors['pytorch'].get('serialization_format', 'pickle')})"
+        if "pytorch" in flavors
+        else f"flavours {sorted(flavors)} without facetrain's plain weights"
+    )
+    raise ValueError(
+        f"MODEL {uri}: logged as {kind}, which facetrain does not load because unpickling it "
+        f"could run code; if you trust where it came from, convert it with "
+        f"`facetrain checkpoint convert {uri} NEW` and pass NEW as --model"
+    )
 
 
-def _exported_backbone(exported: torch.nn.Module) -> torch.nn.Module:
-    """Adapt a torch.export module: no train/eval switch, and a batch size that may be fixed
-    (exported from a one-row input example), in which case rows are run one at a time."""
-    import torch
+def convert_mlflow_model(uri: str, new: str | Path) -> Path:
+    """Rewrite an old pickled MLflow model (`uri`: run id, runs:/ or models:/ URI) as a model
+    folder `new` (plain weights + model JSON). Unpickles `uri`: a trusted source only.
 
-    class ExportedBackbone(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.exported = exported
-            self.one_row_at_a_time = False
+    The model config comes from the `config.yaml` the trainer logged on the model's run."""
+    import mlflow
+    import mlflow.pytorch
+    import yaml
+    from facetrain.pipeline.config import ModelConfig
+    from facetrain.pipeline.models.saved import save_model_dir
 
-        def train(self, mode: bool = True):
-            self.training = mode  # the graph's own mode was fixed when it was exported
-            return self
+    new = Path(new)
+    if new.exists() and any(new.iterdir()):
+        raise FileExistsError(f"model folder {new}: already exists and is not empty")
+    if RUN_ID.match(uri):
+        uri = f"runs:/{uri}/{LOGGED_MODEL_NAME}"
+    try:
+        run_id = _run_of(uri)
+        # The trainer logs config.yaml with mlflow.log_dict: YAML, not JSON.
+        config = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml"))
+        module = mlflow.pytorch.load_model(uri, map_location="cpu")  # trusted by the user
+    except Exception as err:  # mlflow raises its own exception types per store and version
+        raise ValueError(f"MODEL {uri}: could not be read from MLflow ({err})") from err
+    return save_model_dir(module, ModelConfig.model_validate(config["model"]), new)
 
-        def forward(self, images: torch.Tensor) -> torch.Tensor:
-            if not self.one_row_at_a_time:
-                try:
-                    return self.exported(images)
-                except (AssertionError, RuntimeError):
-                    if images.shape[0] == 1:
-                        raise
-                    self.one_row_at_a_time = True
-            return torch.cat(
-                [self.exported(images[row : row + 1]) for row in range(images.shape[0])]
-            )
 
-    return ExportedBackbone()
+def _run_of(uri: str) -> str:
+    import mlflow
+
+    if uri.startswith("runs:/"):
+        return uri[len("runs:/") :].split("/", 1)[0]
+    name_version = uri[len("models:/") :]
+    client = mlflow.MlflowClient()
+    if "@" in name_version:
+        name, alias = name_version.split("@", 1)
+        return client.get_model_version_by_alias(name, alias).run_id
+    name, version = name_version.split("/", 1)
+    return client.get_model_version(name, version).run_id

@@ -19,6 +19,13 @@ one rank's part and `save` writes it; `resume` finds the newest checkpoint and
 a tensor is named `<term>.<tensor>` (e.g. `asoftmax.weight`) and its optimizer state
 `<term>.<tensor>@<state key>` (e.g. `asoftmax.weight@momentum_buffer`).
 
+Safety: every file holds only tensors and plain data (numbers, strings, lists, dicts; RNG
+states as tensors and lists), the config is text, and every load is
+`torch.load(weights_only=True)`. A file that needs more than that (an older facetrain
+checkpoint, or one planted to run code when unpickled) is refused with an
+`UnsafeCheckpointError` naming it; `facetrain checkpoint convert OLD NEW` rewrites an old
+checkpoint from a trusted source (`convert_checkpoint`).
+
 Atomicity: every rank writes into `.tmp-step-…`; once all have finished, rank 0 writes
 `meta.json`, fsyncs and renames the folder to `step-…` in one `os.replace`, then points
 `latest` at it. A folder without a valid `meta.json` (or with a missing or short file) is
@@ -30,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import random
 import shutil
 from collections.abc import Callable
@@ -59,6 +67,28 @@ log = logging.getLogger("facetrain.train")
 
 META = "meta.json"
 LATEST = "latest"
+# meta.json "format": 2 = plain data loadable with weights_only=True (1, unmarked: pickles).
+FORMAT = 2
+CONVERT_HINT = (
+    "if you trust where it came from, convert it with "
+    "`facetrain checkpoint convert OLD NEW` (it unpickles OLD once, so only for a trusted source)"
+)
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint file that does not load as plain data (old format, or tampered)."""
+
+
+def safe_load(path: Path, mmap: bool = False) -> dict:
+    """`torch.load(weights_only=True)`: tensors and plain data only, no code is ever run."""
+    try:
+        return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as err:
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise UnsafeCheckpointError(
+            f"checkpoint file {path}: not plain tensors and data, so it is not loaded "
+            f"(an old-format or tampered checkpoint: {reason}); {CONVERT_HINT}"
+        ) from err
 
 
 def _fsync_file(path: Path) -> None:
@@ -123,7 +153,10 @@ def save_checkpoint(
             for path in sorted(staging.rglob("*"))
             if path.is_file()
         }
-        _write_json_atomic(staging / META, {"step": step, "world_size": world_size, "files": files})
+        _write_json_atomic(
+            staging / META,
+            {"step": step, "world_size": world_size, "format": FORMAT, "files": files},
+        )
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging, final)
@@ -184,24 +217,33 @@ def load_config_dict(checkpoint: Path) -> dict:
     return yaml.safe_load((checkpoint / "config.yaml").read_text())
 
 
+def check_format(checkpoint: Path) -> None:
+    """Refuse a checkpoint written before the plain-data format, before opening its files."""
+    meta = read_meta(checkpoint) or {}
+    if meta.get("format", 1) < FORMAT:
+        raise UnsafeCheckpointError(
+            f"checkpoint {checkpoint}: written in the old pickle format "
+            f"(meta.json has no \"format\": {FORMAT}), which could run code when loaded; "
+            f"{CONVERT_HINT}"
+        )
+
+
 def load_replicated(checkpoint: Path) -> tuple[dict, dict]:
     """(backbone state_dict, replicated state) on CPU."""
-    backbone = torch.load(checkpoint / "backbone.pt", map_location="cpu", weights_only=False)
-    state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=False)
-    return backbone, state
+    return safe_load(checkpoint / "backbone.pt"), safe_load(checkpoint / "state.pt")
 
 
 def load_shards(checkpoint: Path) -> list[dict]:
     """Every saved class shard, memory-mapped: only the rows a rank copies are read."""
     return [
-        torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        safe_load(path, mmap=True)
         for path in sorted((checkpoint / "shards").glob("classes-*.pt"))
     ]
 
 
 def load_rank_local(checkpoint: Path, rank: int) -> dict | None:
     path = checkpoint / "ranks" / f"rank-{rank:05d}.pt"
-    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+    return safe_load(path) if path.exists() else None
 
 
 def load_backbone(path: str | Path) -> nn.Module:
@@ -216,9 +258,10 @@ def load_backbone(path: str | Path) -> nn.Module:
             f"checkpoint {path}: no complete checkpoint (expected step-*/meta.json)"
         )
     # Only the model section: a checkpoint stays loadable when other config sections change.
+    check_format(checkpoint)
     model_cfg = ModelConfig.model_validate(load_config_dict(checkpoint)["model"])
     model = backbone_from_config(model_cfg)
-    state = torch.load(checkpoint / "backbone.pt", map_location="cpu", weights_only=False)
+    state = safe_load(checkpoint / "backbone.pt")
     model.load_state_dict(state)
     return model.eval()
 
@@ -279,8 +322,8 @@ class RankState:
             }
         rank_local = {
             "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
-            "python": random.getstate(),
+            "numpy": numpy_rng_to_plain(np.random.get_state()),
+            "python": python_rng_to_plain(random.getstate()),
             "sampling": {
                 term: state
                 for term, loss in terms.items()
@@ -353,13 +396,45 @@ class RankState:
                         trainer.head_optimizer.state[param]["step"] = torch.tensor(step)
         if rank_local is not None:
             torch.set_rng_state(rank_local["torch"])
-            np.random.set_state(rank_local["numpy"])
-            random.setstate(rank_local["python"])
+            np.random.set_state(numpy_rng_from_plain(rank_local["numpy"]))
+            random.setstate(python_rng_from_plain(rank_local["python"]))
             for term, state in rank_local.get("sampling", {}).items():
                 if term in terms:
                     terms[term].load_rng_state(state)
             if "cuda" in rank_local and trainer.device.type == "cuda":
                 torch.cuda.set_rng_state(rank_local["cuda"], trainer.device)
+
+
+def numpy_rng_to_plain(state: tuple) -> dict:
+    """np.random.get_state() without its ndarray (not loadable with weights_only=True)."""
+    name, keys, pos, has_gauss, cached_gaussian = state
+    return {
+        "bit_generator": str(name),
+        "keys": torch.from_numpy(np.asarray(keys, dtype=np.uint32).astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached_gaussian),
+    }
+
+
+def numpy_rng_from_plain(state: dict) -> tuple:
+    return (
+        state["bit_generator"],
+        state["keys"].numpy().astype(np.uint32),
+        state["pos"],
+        state["has_gauss"],
+        state["cached_gaussian"],
+    )
+
+
+def python_rng_to_plain(state: tuple) -> list:
+    version, internal, gauss_next = state
+    return [int(version), [int(word) for word in internal], gauss_next]
+
+
+def python_rng_from_plain(state: list) -> tuple:
+    version, internal, gauss_next = state
+    return (version, tuple(internal), gauss_next)
 
 
 def _head_params_by_prefix(trainer: Trainer) -> list[tuple[str, nn.Parameter]]:
@@ -398,6 +473,9 @@ def resume(trainer: Trainer, cfg: TrainConfig) -> Path | None:
     found = find_checkpoint(cfg.checkpoint.dir)
     if found is None:
         return None
+    # Refusing (not skipping) an unsafe checkpoint: skipping it would silently train again
+    # from an older step, or from step 0.
+    check_format(found)
     meta = read_meta(found)
     backbone, replicated = load_replicated(found)
     same_world = meta["world_size"] == trainer.world_size
@@ -411,3 +489,66 @@ def resume(trainer: Trainer, cfg: TrainConfig) -> Path | None:
         )
         log.warning("resuming from %s at step %d%s", found, trainer.step, note)
     return found
+
+
+# ---------------------------------------------------------------------- old format -> safe
+def _plain(value: object) -> object:
+    """numpy values (which weights_only=True refuses) as tensors and python numbers."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(item) for item in value)
+    return value
+
+
+def convert_checkpoint(old: str | Path, new: str | Path) -> Path:
+    """Rewrite an old-format checkpoint (`old`: a checkpoint.dir or one step folder) as a
+    plain-data one under the checkpoint.dir `new`; returns the new step folder.
+
+    This unpickles `old`, i.e. runs whatever code its files carry: call it only for files
+    from a source the user trusts. Every rewritten file is read back with weights_only=True,
+    so a result that is not plain data is never written as if it were.
+    """
+    source = find_checkpoint(old)
+    if source is None:
+        raise FileNotFoundError(f"checkpoint {old}: no complete checkpoint (expected step-*/meta.json)")
+    meta = read_meta(source)
+    root = Path(new)
+    final = root / source.name
+    if final.exists():
+        raise FileExistsError(f"checkpoint {final}: already exists; pass an empty NEW folder")
+    staging = root / f".tmp-{source.name}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for path in sorted(source.rglob("*")):
+        if not path.is_file() or path.name == META:
+            continue
+        target = staging / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix != ".pt":
+            shutil.copyfile(path, target)
+            continue
+        payload = torch.load(path, map_location="cpu", weights_only=False)  # trusted by the user
+        if path.parent.name == "ranks" and isinstance(payload, dict):
+            if isinstance(payload.get("numpy"), tuple):
+                payload["numpy"] = numpy_rng_to_plain(payload["numpy"])
+            if isinstance(payload.get("python"), tuple):
+                payload["python"] = python_rng_to_plain(payload["python"])
+        torch.save(_plain(payload), target)
+        safe_load(target)
+    files = {
+        str(path.relative_to(staging)): path.stat().st_size
+        for path in sorted(staging.rglob("*"))
+        if path.is_file()
+    }
+    _write_json_atomic(
+        staging / META,
+        {"step": meta["step"], "world_size": meta["world_size"], "format": FORMAT, "files": files},
+    )
+    os.replace(staging, final)
+    _write_json_atomic(root / LATEST, {"checkpoint": final.name})
+    return final

@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from facetrain.pipeline.config import TrainConfig
-from facetrain.pipeline.models import backbone_from_config
+from facetrain.pipeline.config import ModelConfig, TrainConfig
 from facetrain.pipeline.train.hooks import Hook
 from facetrain.pipeline.train.trainer import StepOutput, Trainer
 
@@ -195,33 +194,44 @@ class MlflowHook(Hook):
         self._call("end_run", mlflow.end_run)
 
     def _log_model(self, backbone: torch.nn.Module) -> None:
-        import mlflow
-        from mlflow.models import infer_signature
+        log_backbone(backbone, self.cfg.model, self.cfg.mlflow.registered_model)
 
-        # A fresh module with the trained weights: the engine's module carries DeepSpeed
-        # attributes (process groups, hooks) that neither pickle nor belong in a model.
-        model = backbone_from_config(self.cfg.model)
-        model.load_state_dict(
-            {
-                k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
-                for k, v in backbone.state_dict().items()
-            }
-        )
-        model.eval()
-        example = np.zeros((2, 3, 112, 112), dtype=np.float32)
-        with torch.no_grad():
-            output = model(torch.from_numpy(example)).numpy()
-        mlflow.pytorch.log_model(
-            model,
+
+def log_backbone(
+    backbone: torch.nn.Module, model_cfg: ModelConfig, registered_model: str | None = None
+) -> Any:
+    """Log the trained backbone to the active run as `model`: a pyfunc (aligned RGB faces ->
+    L2-normalised embeddings) whose artifacts are plain weights and the model config, so
+    nothing logged is ever unpickled (`pipeline/models/saved.py`). Returns MLflow's ModelInfo."""
+    import tempfile
+
+    import mlflow.pyfunc
+    from facetrain.pipeline.eval.serving import ENTRY
+    from facetrain.pipeline.models.saved import MODEL_CONFIG, WEIGHTS, save_model_dir
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    # Input schema: any number of 112x112 RGB faces; output: one embedding per face.
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 112, 112, 3))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, model_cfg.embedding_size))]),
+    )
+    with tempfile.TemporaryDirectory(prefix="facetrain-model-") as staging:
+        folder = save_model_dir(backbone, model_cfg, staging)
+        return mlflow.pyfunc.log_model(
             name="model",
-            input_example=example,
-            signature=infer_signature(example, output),
-            registered_model_name=self.cfg.mlflow.registered_model,
-            # A pickled nn.Module (needs `pipeline` importable to load): the "pt2" default
-            # traces the graph with the example's batch size baked in.
-            serialization_format="pickle",
+            python_model=str(ENTRY),
+            artifacts={"weights": str(folder / WEIGHTS), "config": str(folder / MODEL_CONFIG)},
+            signature=signature,
+            registered_model_name=registered_model,
+            metadata={"facetrain_format": "safetensors"},
             # Explicit requirements: inferring them would re-import the model in a subprocess.
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+            pip_requirements=[
+                f"torch=={torch.__version__.split('+')[0]}",
+                "numpy",
+                "safetensors",
+                "facetrain",
+            ],
         )
 
 

@@ -163,3 +163,35 @@ def test_excludes_keep_the_upload_small():
         ):
             total += path.stat().st_size
     assert total < 50 * 2**20, f"{total / 2**20:.1f} MiB would be uploaded"
+
+
+def test_local_stores_outputs_checkpoints_and_user_patterns_stay_home(tmp_path):
+    """What Ray would upload from a checkout holding every local store and output."""
+    from ray._private.runtime_env.packaging import _get_excludes
+
+    checkout = tmp_path / "checkout"
+    shipped = ["pyproject.toml", "jobs/cli/x.py", "configs/a.yaml", "docs/notes.md"]
+    local = [
+        "mlflow.db", "mlruns/0/meta.yaml", "mlartifacts/1/model.bin", ".venv/bin/python",
+        "demo-out/report.html", "runs/exp1/latest", "runs/exp1/step-00000003/meta.json",
+        "work/ckpt/step-00000010/meta.json", "work/ckpt/step-00000010/backbone.pt",
+        "scratch/big.npy",
+    ]  # fmt: skip
+    for name in shipped + local:
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / name).write_text("x")
+    env = build_runtime_env("source", checkout, excludes=["scratch/"])
+    assert {"/runs/exp1/", "/work/ckpt/"} <= set(env["excludes"])
+    excluded = _get_excludes(checkout, env["excludes"])
+
+    def uploaded(name):
+        path = checkout / name
+        return not any(excluded(p) for p in [path, *path.parents] if checkout in p.parents)
+
+    assert [name for name in shipped + local if uploaded(name)] == shipped
+
+
+def test_submit_takes_exclude_patterns():
+    args = parse_args(["submit", "train", "--exclude", "data/", "--exclude=*.npy", "--config", "c.yaml"])
+    assert args.submit_exclude == ["data/", "*.npy"]
+    assert args.command_args == ["--config", "c.yaml"]

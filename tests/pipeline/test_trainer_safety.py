@@ -192,9 +192,10 @@ def test_final_backbone_is_logged_registered_and_loadable(results):
     assert [m.step for m in history] == [0, 1, 2]
     faces = torch.rand(2, 3, 112, 112) * 2 - 1
     expected = load_backbone(root / "up" / "ckpt")(faces)
+    from facetrain.pipeline.eval import load_model
+
     for uri in (f"runs:/{run_id}/model", "models:/tiny-face/1"):
-        model = mlflow.pytorch.load_model(uri)
-        torch.testing.assert_close(model.eval()(faces), expected)
+        torch.testing.assert_close(load_model(uri).module(faces), expected)
 
 
 @pytest.mark.slow

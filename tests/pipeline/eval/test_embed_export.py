@@ -97,32 +97,25 @@ def test_export_refuses_a_model_that_does_not_trace_faithfully(tmp_path):
 
 
 @pytest.mark.parametrize("serialization", ["pickle", "pt2"])
-def test_model_references_run_id_and_registered_model(mlflow_uri, serialization):
-    """MODEL as a run id and as models:/name/version; mlflow's default 'pt2' format included
-    (a torch.export graph whose batch size is fixed by the one-row input example)."""
+def test_models_logged_by_mlflow_pytorch_are_refused(mlflow_uri, serialization):
+    """Only facetrain's plain-weights pyfunc loads (tests/pipeline/eval/test_model_safety.py);
+    an mlflow.pytorch model, in either serialisation, is refused with the convert route."""
     import mlflow
     import mlflow.pytorch
 
-    model = ProjectionNet().eval()
     example = np.zeros((1, 3, 112, 112), np.float32)
     with mlflow.start_run() as run:
         mlflow.pytorch.log_model(
-            model,
+            ProjectionNet().eval(),
             name="model",
             registered_model_name="tiny-embedder",
             input_example=example,
             serialization_format=serialization,
             pip_requirements=["torch"],  # skips slow inference
         )
-    faces = np.random.default_rng(3).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
-    expected = embed_faces(model, faces)
-
-    by_run = load_model(run.info.run_id)
-    assert by_run.run_id == run.info.run_id and by_run.uri == f"runs:/{run.info.run_id}/model"
-    np.testing.assert_allclose(embed_faces(by_run.module, faces), expected, atol=1e-6)
-    by_name = load_model("models:/tiny-embedder/1")
-    assert by_name.run_id is None
-    np.testing.assert_allclose(embed_faces(by_name.module, faces), expected, atol=1e-6)
+    for reference in (run.info.run_id, "models:/tiny-embedder/1"):
+        with pytest.raises(ValueError, match="facetrain checkpoint convert"):
+            load_model(reference)
     with pytest.raises(ValueError, match="not an existing file, an MLflow run id"):
         load_model("no-such-model")
 
