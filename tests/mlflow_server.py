@@ -54,6 +54,8 @@ class MlflowServer:
                 "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
             )
             env["MLFLOW_AUTH_CONFIG_PATH"] = str(config)
+            # The auth app's CSRF protection refuses to start without a fixed secret.
+            env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = "facetrain-test-only-secret"
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 - lives as long as the server
         # Its own session: stop() ends the server and the workers it forks, nothing else.
         self.process = subprocess.Popen(
