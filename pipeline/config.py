@@ -186,6 +186,11 @@ class MlflowConfig(Section):
     run_name: str | None = None
     registered_model: str | None = "facetrain-embedder"
     log_model: bool = True
+    required: bool = Field(
+        True,
+        description="a model that could not be logged or registered fails the run (exit 1, "
+        "after the checkpoint is written); false: a warning",
+    )
 
 
 class EvalConfig(Section):

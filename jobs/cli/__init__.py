@@ -20,6 +20,7 @@ from facetrain.jobs.cli import (
     export,
     prep,
     submit,
+    tracking_cmd,
     train,
 )
 from facetrain.jobs.cli.common import run_parsed
@@ -32,6 +33,7 @@ COMMANDS = (
     export,
     submit,
     checkpoint_cmd,
+    tracking_cmd,
     configs_cmd,
     doctor,
     demo,

@@ -41,7 +41,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return 0 if run_training(args) is not None else 1
+    summary = run_training(args)
+    # A model that did not reach MLflow fails the run (after its checkpoint is written),
+    # unless mlflow.required is false.
+    return 0 if summary is not None and not summary.get("mlflow_failed") else 1
 
 
 def run_training(args: argparse.Namespace) -> dict | None:
@@ -112,4 +115,20 @@ def run_training(args: argparse.Namespace) -> dict | None:
         print(
             f"MLflow run: none (tracking unreachable; records kept in {summary.get('tracking_records')})"
         )
+    print_tracking_problems(summary, cfg.checkpoint.dir)
     return summary
+
+
+def print_tracking_problems(summary: dict, checkpoint_dir: str) -> None:
+    """Say loudly what did not reach MLflow and how to send it there later."""
+    if summary.get("tracking_lost"):
+        print(
+            f"MLflow tracking lost during the run ({summary['tracking_lost']}); every record is "
+            f"kept in {summary.get('tracking_records')}: `facetrain tracking sync "
+            f"{checkpoint_dir}` uploads it",
+            file=sys.stderr,
+        )
+    if summary.get("mlflow_failed"):
+        print(f"facetrain train: error: {summary['mlflow_failed']}", file=sys.stderr)
+    elif summary.get("mlflow_warning"):
+        print(f"facetrain train: warning: {summary['mlflow_warning']}", file=sys.stderr)

@@ -2,8 +2,12 @@
 
 Every record (params, tags, metrics) is appended to `<checkpoint.dir>/tracking/records.jsonl`
 first, then sent to MLflow. If a call to the tracking server fails, the hook warns once,
-stops talking to the server and goes on writing the local file; `upload_records` sends such
-a file to a server later as a new run.
+stops talking to the server and goes on writing the local file; the run's summary then says
+tracking was lost (`tracking_lost`) and `facetrain tracking sync` uploads the file later.
+
+The model is different: a run whose model did not reach MLflow (log_model or registration
+failed, or tracking was lost before the end) reports `mlflow_failed`, which makes
+`facetrain train` exit 1 after the checkpoint is written, unless `mlflow.required` is false.
 """
 
 from __future__ import annotations
@@ -22,9 +26,14 @@ import numpy as np
 import torch
 from facetrain.pipeline.config import ModelConfig, TrainConfig
 from facetrain.pipeline.train.hooks import Hook
+from facetrain.pipeline.train.tracking_sync import describe_mlflow_error
 from facetrain.pipeline.train.trainer import StepOutput, Trainer
 
 log = logging.getLogger("facetrain.tracking")
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0][:200] if str(err) else ""
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -81,6 +90,7 @@ class MlflowHook(Hook):
         self.rank_hosts = rank_hosts
         self.records_path = Path(cfg.checkpoint.dir) / "tracking" / "records.jsonl"
         self.offline = False
+        self.lost_reason: str | None = None
         self.run_id: str | None = None
         self._pending: list[tuple[int, dict[str, float]]] = []
         self._window_samples = 0
@@ -99,11 +109,12 @@ class MlflowHook(Hook):
             return fn(*args, **kwargs)
         except Exception as err:  # any failure of the tracking side must not stop training
             self.offline = True
+            self.lost_reason = f"{what} failed: {describe_mlflow_error(err, self.cfg.mlflow.tracking_uri)}"
             log.warning(
                 "MLflow %s failed (%s: %s); training continues without tracking, records kept in %s",
                 what,
                 type(err).__name__,
-                str(err).splitlines()[0][:200] if str(err) else "",
+                _first_line(err),
                 self.records_path,
             )
             return None
@@ -139,6 +150,8 @@ class MlflowHook(Hook):
             return
         self.run_id = run.info.run_id
         trainer.extra_state["mlflow_run_id"] = self.run_id
+        # Which run these records belong to: where `facetrain tracking sync` uploads them.
+        self._record("run", {"run_id": self.run_id, "tracking_uri": mlflow.get_tracking_uri()})
         if resumed_id is None:
             self._call("log_params", mlflow.log_params, params)
         self._call("set_tags", mlflow.set_tags, tags)
@@ -187,11 +200,35 @@ class MlflowHook(Hook):
         # are in the local records); None only when no run could be started at all.
         summary["mlflow_run_id"] = self.run_id
         summary["tracking_records"] = str(self.records_path)
-        if self.run_id is None or self.offline:
+        if not self.offline and self.cfg.mlflow.log_model:
+            self._finish_model(trainer, summary)
+        if self.offline:
+            summary["tracking_lost"] = self.lost_reason
+            if self.cfg.mlflow.log_model:
+                self._model_failed(summary, f"tracking was lost ({self.lost_reason})")
             return
-        if self.cfg.mlflow.log_model:
-            self._call("log_model", self._log_model, trainer.backbone)
         self._call("end_run", mlflow.end_run)
+
+    def _finish_model(self, trainer: Trainer, summary: dict) -> None:
+        """Log (and register) the model; its failure is the run's, not a warning to skip."""
+        try:
+            self._log_model(trainer.backbone)
+        except Exception as err:  # MLflow raises its own exception types per store and version
+            reason = describe_mlflow_error(err, self.cfg.mlflow.tracking_uri)
+            self._model_failed(summary, f"log_model failed: {reason}")
+            return
+        self._record("model", {"run_id": self.run_id, "logged": True})
+
+    def _model_failed(self, summary: dict, reason: str) -> None:
+        message = (
+            f"the model is not in MLflow: {reason}; the checkpoint is complete and "
+            f"`facetrain tracking sync {self.cfg.checkpoint.dir}` logs it later"
+        )
+        if self.cfg.mlflow.required:
+            summary["mlflow_failed"] = message
+        else:
+            summary["mlflow_warning"] = message
+        log.warning("%s", message)
 
     def _log_model(self, backbone: torch.nn.Module) -> None:
         log_backbone(backbone, self.cfg.model, self.cfg.mlflow.registered_model)

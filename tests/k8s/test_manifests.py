@@ -225,6 +225,29 @@ def test_mlflow_server_command_parses_with_mlflow_cli():
     assert config_map["data"]["BACKEND_STORE_URI"].startswith("postgresql://")
 
 
+@pytest.mark.parametrize("overlay", ["dev-cpu", "prod-gpu"])
+def test_mlflow_server_runs_with_basic_auth_from_a_secret(overlay):
+    from mlflow.cli import server
+
+    deployment = next(o for o in render(K8S / "overlays" / overlay) if o["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    context = server.make_context("server", list(container["args"][1:]))
+    assert context.params["app_name"] == "basic-auth"
+    env = {e["name"]: e for e in container["env"]}
+    config_path = env["MLFLOW_AUTH_CONFIG_PATH"]["value"]
+    secret_key = env["MLFLOW_FLASK_SERVER_SECRET_KEY"]["valueFrom"]["secretKeyRef"]
+    assert secret_key["name"] == "facetrain-mlflow-auth"
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    auth_volume = next(name for name, v in volumes.items() if "secret" in v)
+    assert volumes[auth_volume]["secret"]["secretName"] == "facetrain-mlflow-auth"
+    item = volumes[auth_volume]["secret"]["items"][0]
+    assert config_path == f"{mounts[auth_volume]}/{item['path']}"
+    if overlay == "prod-gpu":
+        assert "PGPASSWORD" in env  # the overlay adds to the env, never replaces it
+
+
 # A broken manifest is rejected with a message that names the field.
 BREAKAGES = [
     ("RayCluster", lambda o: o["spec"]["headGroupSpec"].update(rayStartParam={}), "rayStartParam"),

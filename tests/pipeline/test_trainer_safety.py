@@ -147,7 +147,10 @@ def test_unreachable_tracking_server_warns_once_and_training_goes_on(results):
     root, out = results
     summary, messages = out["down"]
     assert summary["steps"] == 3 and summary["mlflow_run_id"] is None
-    assert len([m for m in messages if "MLflow" in m]) == 1, messages
+    assert len([m for m in messages if m.startswith("MLflow")]) == 1, messages
+    # ...and says loudly that the model never reached MLflow, and how to send it later.
+    assert summary["tracking_lost"].startswith("start_run failed")
+    assert "facetrain tracking sync" in summary["mlflow_failed"]
     records = [
         json.loads(line)
         for line in (root / "down" / "ckpt" / "tracking" / "records.jsonl").read_text().splitlines()

@@ -104,6 +104,7 @@ def test_models_logged_by_mlflow_pytorch_are_refused(mlflow_uri, serialization):
     import mlflow.pytorch
 
     example = np.zeros((1, 3, 112, 112), np.float32)
+    mlflow.set_experiment("refusals")  # not an experiment id cached from another store
     with mlflow.start_run() as run:
         mlflow.pytorch.log_model(
             ProjectionNet().eval(),
