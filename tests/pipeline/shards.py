@@ -72,6 +72,8 @@ def write_shards(
                 "name": name,
                 "samples": int(sum(counts[m] for m in members)),
                 "identities": len(members),
+                "bytes": writer.bytes,
+                "sha256": writer.sha256,
             }
         )
     manifest = DatasetManifest.model_validate(
