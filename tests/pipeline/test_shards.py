@@ -130,7 +130,8 @@ def test_a_shard_cut_at_a_member_boundary_is_an_error_naming_it(tmp_path, how):
     if how == "url":  # no size on open: the count, size and hash at the end name it
         shard = dataclasses.replace(shard, url=f"pipe:cat {shard.url}")
         with pytest.raises(
-            ShardIntegrityError, match=r"train-000000.tar: 6 samples, dataset.json lists 12; .* bytes"
+            ShardIntegrityError,
+            match=r"train-000000.tar: 6 samples, dataset.json lists 12; .* bytes",
         ):
             list(iter_identities(shard))
     else:
