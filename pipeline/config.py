@@ -39,6 +39,9 @@ class DataConfig(Section):
         2, ge=0, description="loader processes per rank (0: in the training process)"
     )
     flip: bool = True
+    max_bad_samples: int = Field(
+        1000, ge=0, description="undecodable samples skipped (replaced) before the run stops"
+    )
 
 
 class ModelConfig(Section):

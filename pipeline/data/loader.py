@@ -18,6 +18,9 @@ Layout of the work, fixed by (seed, rank, world size, workers) so a resumed run 
 from __future__ import annotations
 
 import itertools
+import os
+import signal
+import sys
 from collections.abc import Callable, Iterator
 from typing import Literal
 
@@ -191,6 +194,19 @@ class FaceBatches(IterableDataset):
             yield self.collate(step, picks)
 
 
+def _worker_init(worker_id: int) -> None:
+    """A loader worker dies with its rank, however the rank ends (kill -9 included), and
+    leaves Ctrl-C to the rank, which shuts its workers down itself."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() == 1:  # the rank died before prctl took effect
+            os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def build_loader(
     index: DatasetIndex,
     data: DataConfig,
@@ -208,6 +224,7 @@ def build_loader(
         num_workers=data.workers,
         prefetch_factor=4 if data.workers else None,
         persistent_workers=False,
+        worker_init_fn=_worker_init,
         # Its own generator: starting the workers must not draw from the global torch RNG,
         # or a resumed run's dropout would differ from the uninterrupted one.
         generator=torch.Generator().manual_seed(seed * 1_000_003 + rank),

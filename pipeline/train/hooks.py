@@ -26,6 +26,9 @@ class Hook:
     def on_end(self, trainer: Trainer, summary: dict) -> None:
         pass
 
+    def on_stop(self, trainer: Trainer, signum: int) -> None:
+        """Every rank stops at this step after SIGTERM/SIGINT (signals.py); on_end is not called."""
+
 
 class CheckpointHook(Hook):
     """Saves every `checkpoint.every` steps and at the end; `restore` resumes a run."""
@@ -53,6 +56,10 @@ class CheckpointHook(Hook):
         if self.last_saved != trainer.step:
             self.save(trainer)
         summary["checkpoint"] = str(checkpoint.find_checkpoint(self.cfg.checkpoint.dir))
+
+    def on_stop(self, trainer: Trainer, signum: int) -> None:
+        if self.last_saved != trainer.step:
+            self.save(trainer)
 
 
 class ProgressHook(Hook):
@@ -86,3 +93,6 @@ class ProgressHook(Hook):
     def on_end(self, trainer: Trainer, summary: dict) -> None:
         if self.bar is not None:
             self.bar.close()
+
+    def on_stop(self, trainer: Trainer, signum: int) -> None:
+        self.on_end(trainer, {})

@@ -194,6 +194,16 @@ class MlflowHook(Hook):
             self._call("log_model", self._log_model, trainer.backbone)
         self._call("end_run", mlflow.end_run)
 
+    def on_stop(self, trainer: Trainer, signum: int) -> None:
+        """Preempted: the metrics so far reach MLflow and the run is closed as KILLED (the
+        resumed run reopens it by id); no model is logged for an unfinished run."""
+        import mlflow
+
+        self.flush(trainer)
+        self._record("stopped", {"step": trainer.step, "signal": signum})
+        if self.run_id is not None and not self.offline:
+            self._call("end_run", mlflow.end_run, status="KILLED")
+
     def _log_model(self, backbone: torch.nn.Module) -> None:
         import mlflow
         from mlflow.models import infer_signature
