@@ -41,7 +41,13 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return 0 if run_training(args) is not None else 1
+    from facetrain.pipeline.train import signals
+
+    if run_training(args) is not None:
+        return 0
+    stopped_by = signals.received()
+    # Preempted: the checkpoint is written and the same command resumes; 143 / 130 say so.
+    return signals.exit_status(stopped_by) if stopped_by else 1
 
 
 def run_training(args: argparse.Namespace) -> dict | None:
@@ -81,22 +87,24 @@ def run_training(args: argparse.Namespace) -> dict | None:
     import logging
 
     from facetrain.pipeline.data.shards import read_dataset_index
-    from facetrain.pipeline.train import launch
+    from facetrain.pipeline.train import launch, signals
 
     try:  # a missing or unusable shard set is the user's input: exit 2 before any rank starts
-        read_dataset_index(cfg.data.shards, cfg.data.split)
+        index = read_dataset_index(cfg.data.shards, cfg.data.split)
     except (OSError, ValueError) as err:
         raise UsageError(str(err)) from err
+    _check_checkpoint_data(cfg, index)
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if rendezvous is not None:
-            summary = launch.train_nodes(cfg, rendezvous)
-        elif launched is not None:
-            summary = launch.run_environment_rank(cfg, launched)
-        else:
-            summary = launch.train_local(cfg, args.nproc)
-    except launch.TrainingFailed as err:
+        with signals.forward_to_children():
+            if rendezvous is not None:
+                summary = launch.train_nodes(cfg, rendezvous)
+            elif launched is not None:
+                summary = launch.run_environment_rank(cfg, launched)
+            else:
+                summary = launch.train_local(cfg, args.nproc)
+    except (launch.TrainingFailed, signals.TrainingStopped) as err:
         print(f"facetrain train: error: {err}", file=sys.stderr)
         return None
     if summary is None:  # another host holds rank 0 and reports the run
@@ -113,3 +121,19 @@ def run_training(args: argparse.Namespace) -> dict | None:
             f"MLflow run: none (tracking unreachable; records kept in {summary.get('tracking_records')})"
         )
     return summary
+
+
+def _check_checkpoint_data(cfg, index) -> None:
+    """A checkpoint.dir that holds a run of other data is the user's input too (exit 2):
+    resuming it would mix two models."""
+    from facetrain.pipeline.train import checkpoint
+    from facetrain.pipeline.train.loop import data_fingerprint
+
+    try:
+        found = checkpoint.find_checkpoint(cfg.checkpoint.dir)
+        if found is not None:
+            checkpoint.check_dataset(found, data_fingerprint(cfg, index), cfg.data.shards)
+    except checkpoint.DatasetMismatchError as err:
+        raise UsageError(str(err)) from err
+    except (OSError, ValueError):
+        pass  # an unreadable checkpoint: the ranks choose another one and say why

@@ -61,6 +61,20 @@ class DatasetIndex:
     def identities(self) -> int:
         return sum(shard.identities for shard in self.shards)
 
+    def fingerprint(self, class_names: list[str] | None) -> dict:
+        """What binds a run to this data: the dataset.json hash, the class count and a hash
+        of the class -> identity map (None when the shard set has no identities.parquet)."""
+        names = None
+        if class_names is not None:
+            names = hashlib.sha256("\n".join(class_names).encode()).hexdigest()
+        return {
+            "dataset_sha256": hashlib.sha256(
+                json.dumps(self.manifest, sort_keys=True).encode()
+            ).hexdigest(),
+            "num_classes": self.num_classes,
+            "classes_sha256": names,
+        }
+
 
 @dataclass
 class Identity:
@@ -105,6 +119,34 @@ def read_dataset_index(root: str, split: str = "train") -> DatasetIndex:
         raise ValueError(f"{location}: split {split!r} lists no shards")
     # The file as written (not the model's dump): its hash is logged with every run.
     return DatasetIndex(dataset.num_classes, shards, json.loads(text))
+
+
+def read_class_names(root: str, split: str = "train") -> list[str] | None:
+    """The identity name of every class of `split`, in class order, from the
+    identities.parquet that `facetrain prep` writes; None when the shard set has none."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    location = _join(root, DATASET_FILE)
+    with wds.gopen(location) as stream:
+        manifest = json.loads(stream.read())
+    name = (manifest.get("files") or {}).get("identities")
+    if not name:
+        return None
+    try:
+        with wds.gopen(_join(root, name)) as stream:
+            table = pq.read_table(io.BytesIO(stream.read()), columns=["split", "class", "identity"])
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{_join(root, name)}: unreadable class list ({err})") from None
+    rows = sorted(
+        (klass, identity)
+        for row_split, klass, identity in zip(
+            *(table.column(c).to_pylist() for c in ("split", "class", "identity")), strict=True
+        )
+        if row_split == split
+    )
+    return [identity for _, identity in rows]
 
 
 def _read_exact(stream, size: int) -> bytes:

@@ -33,19 +33,22 @@ class Hook:
 class CheckpointHook(Hook):
     """Saves every `checkpoint.every` steps and at the end; `restore` resumes a run."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, dataset: dict | None = None):
+        """`dataset`: the data fingerprint saved with every checkpoint and checked on resume."""
         self.cfg = cfg
+        self.dataset = dataset
         self.last_saved: int | None = None
 
     def restore(self, trainer: Trainer) -> bool:
-        """Load the newest complete checkpoint of checkpoint.dir, if any (any world size)."""
-        if checkpoint.resume(trainer, self.cfg) is None:
+        """Load the newest checkpoint of checkpoint.dir that loads completely, if any (any
+        world size); a checkpoint of other data is a DatasetMismatchError."""
+        if checkpoint.resume(trainer, self.cfg, self.dataset) is None:
             return False
         self.last_saved = trainer.step
         return True
 
     def save(self, trainer: Trainer) -> None:
-        checkpoint.save(trainer, self.cfg)
+        checkpoint.save(trainer, self.cfg, self.dataset)
         self.last_saved = trainer.step
 
     def after_step(self, trainer: Trainer, out: StepOutput) -> None:

@@ -16,7 +16,11 @@ import torch
 import torch.distributed as dist
 from facetrain.pipeline.config import TrainConfig
 from facetrain.pipeline.data.loader import build_loader
-from facetrain.pipeline.data.shards import read_dataset_index
+from facetrain.pipeline.data.shards import (
+    DatasetIndex,
+    read_class_names,
+    read_dataset_index,
+)
 from facetrain.pipeline.data.transforms import normalize_batch
 from facetrain.pipeline.train import signals
 from facetrain.pipeline.train.bad_samples import METRIC, BadSamples
@@ -37,7 +41,7 @@ def run_rank(
     group = world_group()
     rank_hosts = gather_rank_hosts(group)
     trainer = Trainer(cfg, index.num_classes, group)
-    checkpoints = CheckpointHook(cfg)
+    checkpoints = CheckpointHook(cfg, data_fingerprint(cfg, index))
     checkpoints.restore(trainer)
     hooks: list[Hook] = [checkpoints]
     if trainer.rank == 0:
@@ -98,6 +102,12 @@ def run_rank(
     for hook in hooks:
         hook.on_end(trainer, summary)
     return summary if trainer.rank == 0 else None
+
+
+def data_fingerprint(cfg: TrainConfig, index: DatasetIndex) -> dict:
+    """The fingerprint of the run's data (see checkpoint.check_dataset), with where it is."""
+    class_names = read_class_names(cfg.data.shards, cfg.data.split)
+    return {**index.fingerprint(class_names), "shards": cfg.data.shards}
 
 
 def _agree_after_step(trainer: Trainer, fresh_bad: int, stop_signal: int) -> tuple[int, int]:

@@ -5,8 +5,10 @@ A rank's handler only records the signal; the loop asks every rank after each st
 MLflow tracking and raise `TrainingStopped`. The launching process (`facetrain train
 --nproc N`) forwards SIGTERM to its rank processes (`forward_to_children`); a terminal's
 Ctrl-C reaches them through the process group. The exit status is 128 + the signal
-(143 for SIGTERM, 130 for SIGINT). A second signal of the same kind ends the process at
-once, as if no handler were installed.
+(143 for SIGTERM, 130 for SIGINT). A second Ctrl-C ends the process at once, as if no
+handler were installed; a repeated SIGTERM is ignored (the launcher's own clean-up sends
+one to ranks that are already stopping; Kubernetes follows with SIGKILL after the grace
+period anyway).
 """
 
 from __future__ import annotations
@@ -47,11 +49,12 @@ def exit_status(signum: int) -> int:
 
 def _record(signum: int, frame) -> None:
     global _received
-    if _received == signum:  # asked twice: stop now, the default way
+    if _received == signum == signal.SIGINT:  # Ctrl-C twice: stop now, the default way
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
-    _received = signum
+    if _received is None:
+        _received = signum
 
 
 def _in_main_thread() -> bool:
