@@ -93,6 +93,7 @@ def run_training(args: argparse.Namespace) -> dict | None:
         index = read_dataset_index(cfg.data.shards, cfg.data.split)
     except (OSError, ValueError) as err:
         raise UsageError(str(err)) from err
+    _check_before_ranks_start(cfg, index, args)
     _check_checkpoint_data(cfg, index)
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -137,3 +138,29 @@ def _check_checkpoint_data(cfg, index) -> None:
         raise UsageError(str(err)) from err
     except (OSError, ValueError):
         pass  # an unreadable checkpoint: the ranks choose another one and say why
+
+
+def _check_before_ranks_start(cfg, index, args: argparse.Namespace) -> None:
+    """Config values that would only fail inside a rank, checked here for exit 2."""
+    from facetrain.pipeline.data.loader import FaceBatches
+    from facetrain.pipeline.models import available_backbones
+
+    if cfg.model.backbone not in available_backbones():
+        raise UsageError(
+            f"model.backbone {cfg.model.backbone!r}: unknown backbone; expected one of "
+            f"{available_backbones()}"
+        )
+    offline = any(getattr(term, "selection", "online") == "offline" for term in cfg.loss)
+    if not offline:
+        world_size = args.nproc * args.nnodes
+        try:
+            FaceBatches(index, cfg.data, cfg.sampler, 0, world_size, cfg.train.seed)
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+    uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    key = "mlflow.tracking_uri" if cfg.mlflow.tracking_uri else "$MLFLOW_TRACKING_URI"
+    if cfg.mlflow.enabled and (uri.startswith("file:") or uri.startswith("/")):
+        raise UsageError(
+            f"{key} {uri!r}: MLflow 3 does not accept a file store (file: or a bare path); use "
+            "sqlite:///PATH/mlflow.db for a local store or http://HOST:PORT for a server"
+        )
