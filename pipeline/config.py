@@ -130,6 +130,11 @@ class TrainSection(Section):
         10, ge=1, description="stop after this many skipped steps in a row"
     )
     log_every: int = Field(10, ge=1)
+    init_from: str | None = Field(
+        None,
+        description="a checkpoint (dir or step folder) a new run starts from: its backbone, "
+        "and its classifier/centre rows of the identities both datasets hold",
+    )
 
 
 class CheckpointConfig(Section):

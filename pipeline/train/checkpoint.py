@@ -524,3 +524,78 @@ def choose_checkpoint(
             f"checkpoint.dir {root}: no checkpoint loads completely: " + "; ".join(skipped)
         )
     return None
+
+
+# ------------------------------------------------- a new run from another run's weights
+def init_from(trainer: Trainer, path: str | Path, class_names: list[str] | None) -> dict:
+    """Start `trainer` (a new run, step 0) from the weights of the checkpoint at `path`
+    (a collective call on a group). The backbone is always taken; classifier and centre rows
+    are carried over by identity name where both datasets hold the identity, and keep their
+    fresh initialisation elsewhere; optimizer state, counters and RNG stay fresh.
+    Returns {"checkpoint", "parent_run" (its MLflow run id or None), "carried", "classes"}."""
+    chosen = choose_checkpoint(path, trainer.rank, trainer.world_size, trainer)
+    if chosen is None:
+        raise FileNotFoundError(f"train.init_from {path}: no checkpoint there (expected step-*/)")
+    found, (_, backbone, replicated, shards, _) = chosen
+    load_backbone_weights(trainer.engine, backbone)
+    carried = 0
+    terms = trainer.objective.sharded_terms()
+    if terms and shards:
+        old_names = (read_dataset_fingerprint(found) or {}).get("class_names")
+        if old_names is None or class_names is None:
+            raise ValueError(
+                f"train.init_from {found}: classes cannot be matched by identity name ("
+                + (
+                    "the checkpoint records none"
+                    if old_names is None
+                    else "data.shards has no identities.parquet"
+                )
+                + "); the classifier rows would belong to other people"
+            )
+        carried = _carry_rows_by_name(terms, shards, old_names, class_names, trainer.device)
+    if trainer.rank == 0:
+        log.warning(
+            "starting a new run from %s: backbone, and class rows of %d identities held by both datasets",
+            found,
+            carried,
+        )
+    return {
+        "checkpoint": str(found),
+        "parent_run": replicated.get("extra", {}).get("mlflow_run_id"),
+        "carried": carried,
+    }
+
+
+def _carry_rows_by_name(
+    terms: dict, shards: list[dict], old_names: list[str], new_names: list[str], device
+) -> int:
+    """Copy old class rows into this rank's rows where the identity name matches; the count
+    of identities carried (this rank's classes only)."""
+    old_index = {name: position for position, name in enumerate(old_names)}
+    first = next(iter(terms.values()))
+    start, count = first.class_start, first.num_local_classes
+    pairs = [
+        (local, old_index[name])
+        for local, name in enumerate(new_names[start : start + count])
+        if name in old_index
+    ]
+    if not pairs:
+        return 0
+    local_rows = torch.tensor([p[0] for p in pairs])
+    old_rows_index = torch.tensor([p[1] for p in pairs])
+    # The old rows of every class at once (memory of the old classifier, once).
+    old_rows = reshard(shards, 0, len(old_names))
+    for term, loss in terms.items():
+        current = loss.shard_state()["tensors"]
+        for name, rows in current.items():
+            key = f"{term}.{name}"
+            if key not in old_rows:
+                continue  # the old run had no such term: fresh rows
+            if old_rows[key].shape[1:] != rows.shape[1:]:
+                raise ValueError(
+                    f"train.init_from: {key} rows are {tuple(old_rows[key].shape[1:])} there, "
+                    f"{tuple(rows.shape[1:])} here (another model.embedding_size?)"
+                )
+            rows[local_rows] = old_rows[key][old_rows_index].to(rows.dtype)
+        loss.load_class_rows({name: rows.to(device) for name, rows in current.items()})
+    return len(pairs)

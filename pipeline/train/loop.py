@@ -22,7 +22,7 @@ from facetrain.pipeline.data.shards import (
     read_dataset_index,
 )
 from facetrain.pipeline.data.transforms import normalize_batch
-from facetrain.pipeline.train import signals
+from facetrain.pipeline.train import checkpoint, signals
 from facetrain.pipeline.train.bad_samples import METRIC, BadSamples
 from facetrain.pipeline.train.collectives import world_group
 from facetrain.pipeline.train.hooks import CheckpointHook, Hook, ProgressHook
@@ -41,8 +41,12 @@ def run_rank(
     group = world_group()
     rank_hosts = gather_rank_hosts(group)
     trainer = Trainer(cfg, index.num_classes, group)
-    checkpoints = CheckpointHook(cfg, data_fingerprint(cfg, index))
-    checkpoints.restore(trainer)
+    class_names = read_class_names(cfg.data.shards, cfg.data.split)
+    checkpoints = CheckpointHook(cfg, data_fingerprint(cfg, index, class_names))
+    if not checkpoints.restore(trainer) and cfg.train.init_from:
+        parent = checkpoint.init_from(trainer, cfg.train.init_from, class_names)
+        if parent["parent_run"]:
+            trainer.extra_state["parent_run"] = parent["parent_run"]
     hooks: list[Hook] = [checkpoints]
     if trainer.rank == 0:
         hooks.append(ProgressHook(cfg.train.steps, enabled=progress))
@@ -104,10 +108,18 @@ def run_rank(
     return summary if trainer.rank == 0 else None
 
 
-def data_fingerprint(cfg: TrainConfig, index: DatasetIndex) -> dict:
-    """The fingerprint of the run's data (see checkpoint.check_dataset), with where it is."""
-    class_names = read_class_names(cfg.data.shards, cfg.data.split)
-    return {**index.fingerprint(class_names), "shards": cfg.data.shards}
+def data_fingerprint(
+    cfg: TrainConfig, index: DatasetIndex, class_names: list[str] | None = None
+) -> dict:
+    """The fingerprint of the run's data (see checkpoint.check_dataset), with where it is and
+    the identity of each class (what `train.init_from` maps rows by)."""
+    if class_names is None:
+        class_names = read_class_names(cfg.data.shards, cfg.data.split)
+    return {
+        **index.fingerprint(class_names),
+        "shards": cfg.data.shards,
+        "class_names": class_names,
+    }
 
 
 def _agree_after_step(trainer: Trainer, fresh_bad: int, stop_signal: int) -> tuple[int, int]:

@@ -126,6 +126,9 @@ class MlflowHook(Hook):
             "data_manifest_sha256": manifest_hash(self.manifest),
             "backbone": self.cfg.model.backbone,
         }
+        if trainer.extra_state.get("parent_run"):
+            # A run started from another run's weights (train.init_from).
+            tags["facetrain.parent_run"] = trainer.extra_state["parent_run"]
         if self.rank_hosts is not None:
             # Which machine each rank ran on, in rank order: where to look when one is slow.
             tags["facetrain.rank_hosts"] = json.dumps(self.rank_hosts)
