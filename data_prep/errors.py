@@ -17,6 +17,10 @@ def describe_validation_error(err: ValidationError) -> str:
     key = ".".join(str(part) for part in first["loc"]) or "<root>"
     if first["type"] == "extra_forbidden":
         text = f"unknown key '{key}'"
+    elif not first["loc"]:
+        # A check across keys (a model validator): its message names them; the input is the
+        # whole config, too long to print.
+        text = first["msg"].removeprefix("Value error, ")
     elif first["type"] == "missing":
         text = f"missing key '{key}'"
     else:

@@ -39,6 +39,9 @@ class DataConfig(Section):
         2, ge=0, description="loader processes per rank (0: in the training process)"
     )
     flip: bool = True
+    max_bad_samples: int = Field(
+        1000, ge=0, description="undecodable samples skipped (replaced) before the run stops"
+    )
 
 
 class ModelConfig(Section):
@@ -168,6 +171,11 @@ class TrainSection(Section):
     )
     max_failures: int = Field(
         3, ge=0, description="worker-group restarts (from the latest checkpoint) after a failure"
+    )
+    init_from: str | None = Field(
+        None,
+        description="a checkpoint (dir or step folder) a new run starts from: its backbone, "
+        "and its classifier/centre rows of the identities both datasets hold",
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from facetrain.jobs.cli.common import UsageError
 
@@ -29,6 +30,9 @@ def run(args: argparse.Namespace) -> int:
     if args.format not in available_formats():
         raise UsageError(f"--format {args.format}: needs the `onnx` package (pip install 'facetrain[onnx]')")
     out = args.out or ("model.torchscript.pt" if args.format == "torchscript" else "model.onnx")
+    existing = next(parent for parent in Path(out).absolute().parents if parent.exists())
+    if not existing.is_dir():
+        raise UsageError(f"--out {out}: {existing} is a file, not a folder")
     try:
         loaded = load_model(args.model, "cpu")
     except (FileNotFoundError, ValueError) as err:
@@ -38,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     except ExportMismatch as err:
         print(f"facetrain export: {err}", file=sys.stderr)
         return 1
+    except OSError as err:
+        raise UsageError(f"--out {out}: cannot write there ({err.strerror or err})") from None
     difference = result["max_abs_difference"]
     checked = f"max |difference| {difference:.2g}" if difference is not None else "not compared (no onnxruntime)"
     print(f"exported {loaded.uri} to {result['path']} ({args.format}); {checked}")

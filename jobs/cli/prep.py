@@ -6,6 +6,8 @@ Precedence: PrepConfig defaults <- `--config FILE` <- flags given here <- `--set
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
 from facetrain.jobs.cli.common import UsageError, add_config_options
@@ -21,6 +23,12 @@ def register(subparsers) -> None:
         "or sources, 1 for anything else. See docs/data_prep.md.",
     )
     parser.add_argument("source", nargs="?", help="image-folder root or .rec file")
+    parser.add_argument(
+        "--verify",
+        metavar="OUT",
+        help="check an existing output instead: every shard's size, sample count and SHA-256 "
+        "against its dataset.json (exit 1 when one differs)",
+    )
     parser.add_argument("--out", help="output directory")
     parser.add_argument(
         "--landmarks",
@@ -121,12 +129,56 @@ def run(args: argparse.Namespace) -> int:
     from facetrain.data_prep import run_prep
     from facetrain.data_prep.errors import PrepInputError
 
+    if args.verify is not None:
+        return verify(args.verify)
     if args.source is None and not args.config:
         raise UsageError("SOURCE is required (an image-folder root or a .rec file)")
     config = build_config(args)
+    if not config.dry_run:
+        _check_writable(config.out)
     try:
         summary = run_prep(config)
     except PrepInputError as err:
         raise UsageError(str(err)) from err
     print(summary.render())
+    if not summary.dry_run and summary.accepted == 0:
+        print(
+            f"facetrain prep: error: no image of {config.source} was accepted "
+            "(rejects.parquet in the output says why each was rejected)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _check_writable(out: str) -> None:
+    """A local --out that cannot be created or written is the user's argument (exit 2)."""
+    if "://" in out:
+        return
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".facetrain-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(f"--out {out}: cannot write there ({err.strerror or err})") from None
+
+
+def verify(out: str) -> int:
+    """`facetrain prep --verify OUT`: read every shard of every split to its end."""
+    from facetrain.pipeline.data.shards import read_dataset_index, verify_shards
+
+    try:
+        splits = json.loads(Path(out, "dataset.json").read_bytes())["splits"]
+        indexes = [read_dataset_index(out, split) for split in splits if splits[split]["shards"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"--verify {out}: not a `facetrain prep` output ({err})") from None
+    problems = [line for index in indexes for line in verify_shards(index)]
+    shards = sum(len(index.shards) for index in indexes)
+    for line in problems:
+        print(f"facetrain prep: error: {line}", file=sys.stderr)
+    if problems:
+        return 1
+    print(f"{out}: {shards} shards match dataset.json (size, samples, sha256)")
     return 0

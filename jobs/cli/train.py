@@ -41,10 +41,16 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from facetrain.pipeline.train import signals
+
     summary = run_training(args)
+    if summary is None:
+        stopped_by = signals.received()
+        # Preempted: the checkpoint is written and the same command resumes; 143 / 130 say so.
+        return signals.exit_status(stopped_by) if stopped_by else 1
     # A model that did not reach MLflow fails the run (after its checkpoint is written),
     # unless mlflow.required is false.
-    return 0 if summary is not None and not summary.get("mlflow_failed") else 1
+    return 1 if summary.get("mlflow_failed") else 0
 
 
 def run_training(args: argparse.Namespace) -> dict | None:
@@ -84,22 +90,25 @@ def run_training(args: argparse.Namespace) -> dict | None:
     import logging
 
     from facetrain.pipeline.data.shards import read_dataset_index
-    from facetrain.pipeline.train import launch
+    from facetrain.pipeline.train import launch, signals
 
     try:  # a missing or unusable shard set is the user's input: exit 2 before any rank starts
-        read_dataset_index(cfg.data.shards, cfg.data.split)
+        index = read_dataset_index(cfg.data.shards, cfg.data.split)
     except (OSError, ValueError) as err:
         raise UsageError(str(err)) from err
+    _check_before_ranks_start(cfg, index, args)
+    _check_checkpoint_data(cfg, index)
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if rendezvous is not None:
-            summary = launch.train_nodes(cfg, rendezvous)
-        elif launched is not None:
-            summary = launch.run_environment_rank(cfg, launched)
-        else:
-            summary = launch.train_local(cfg, args.nproc)
-    except launch.TrainingFailed as err:
+        with signals.forward_to_children():
+            if rendezvous is not None:
+                summary = launch.train_nodes(cfg, rendezvous)
+            elif launched is not None:
+                summary = launch.run_environment_rank(cfg, launched)
+            else:
+                summary = launch.train_local(cfg, args.nproc)
+    except (launch.TrainingFailed, signals.TrainingStopped) as err:
         print(f"facetrain train: error: {err}", file=sys.stderr)
         return None
     if summary is None:  # another host holds rank 0 and reports the run
@@ -132,3 +141,45 @@ def print_tracking_problems(summary: dict, checkpoint_dir: str) -> None:
         print(f"facetrain train: error: {summary['mlflow_failed']}", file=sys.stderr)
     elif summary.get("mlflow_warning"):
         print(f"facetrain train: warning: {summary['mlflow_warning']}", file=sys.stderr)
+
+
+def _check_checkpoint_data(cfg, index) -> None:
+    """A checkpoint.dir that holds a run of other data is the user's input too (exit 2):
+    resuming it would mix two models."""
+    from facetrain.pipeline.train import checkpoint
+    from facetrain.pipeline.train.loop import data_fingerprint
+
+    try:
+        found = checkpoint.find_checkpoint(cfg.checkpoint.dir)
+        if found is not None:
+            checkpoint.check_dataset(found, data_fingerprint(cfg, index), cfg.data.shards)
+    except checkpoint.DatasetMismatchError as err:
+        raise UsageError(str(err)) from err
+    except (OSError, ValueError):
+        pass  # an unreadable checkpoint: the ranks choose another one and say why
+
+
+def _check_before_ranks_start(cfg, index, args: argparse.Namespace) -> None:
+    """Config values that would only fail inside a rank, checked here for exit 2."""
+    from facetrain.pipeline.data.loader import FaceBatches
+    from facetrain.pipeline.models import available_backbones
+
+    if cfg.model.backbone not in available_backbones():
+        raise UsageError(
+            f"model.backbone {cfg.model.backbone!r}: unknown backbone; expected one of "
+            f"{available_backbones()}"
+        )
+    offline = any(getattr(term, "selection", "online") == "offline" for term in cfg.loss)
+    if not offline:
+        world_size = args.nproc * args.nnodes
+        try:
+            FaceBatches(index, cfg.data, cfg.sampler, 0, world_size, cfg.train.seed)
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+    uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    key = "mlflow.tracking_uri" if cfg.mlflow.tracking_uri else "$MLFLOW_TRACKING_URI"
+    if cfg.mlflow.enabled and (uri.startswith("file:") or uri.startswith("/")):
+        raise UsageError(
+            f"{key} {uri!r}: MLflow 3 does not accept a file store (file: or a bare path); use "
+            "sqlite:///PATH/mlflow.db for a local store or http://HOST:PORT for a server"
+        )

@@ -18,6 +18,9 @@ Layout of the work, fixed by (seed, rank, world size, workers) so a resumed run 
 from __future__ import annotations
 
 import itertools
+import os
+import signal
+import sys
 from collections.abc import Callable, Iterator
 from typing import Literal
 
@@ -25,7 +28,7 @@ import numpy as np
 import torch
 from facetrain.pipeline.config import DataConfig
 from facetrain.pipeline.data.samplers import Pick, pk_batches, shuffled_batches
-from facetrain.pipeline.data.shards import DatasetIndex, Identity, iter_identities
+from facetrain.pipeline.data.shards import DatasetIndex, Identity, ShardInfo, iter_identities
 from facetrain.pipeline.data.transforms import decode_rgb, hflip
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -70,9 +73,9 @@ class FaceBatches(IterableDataset):
                 f"{smallest} identities, fewer than data.batch.p={p}; lower data.workers or data.batch.p"
             )
 
-    def _sources(self, epoch: int, worker: int) -> tuple[list[str], Callable[[int], bool]]:
+    def _sources(self, epoch: int, worker: int) -> tuple[list[ShardInfo], Callable[[int], bool]]:
         permuted = [
-            self.index.shards[i].url
+            self.index.shards[i]
             for i in np.random.default_rng([self.seed, epoch]).permutation(len(self.index.shards))
         ]
         slot = self.rank * self.num_workers + worker
@@ -85,14 +88,14 @@ class FaceBatches(IterableDataset):
     def _epoch_picks(self, epoch: int, worker: int) -> Iterator[list[Pick]]:
         """This worker's batches of `epoch`, in order (its shards re-read as often as needed)."""
         rng = np.random.default_rng([self.seed, epoch, self.rank, worker])
-        urls, keep = self._sources(epoch, worker)
+        shards, keep = self._sources(epoch, worker)
 
         def identities() -> Iterator[Identity]:
             for _ in itertools.count():
-                for position in rng.permutation(len(urls)):
+                for position in rng.permutation(len(shards)):
                     yield from (
                         identity
-                        for identity in iter_identities(urls[position])
+                        for identity in iter_identities(shards[position])
                         if keep(identity.label)
                     )
 
@@ -107,7 +110,7 @@ class FaceBatches(IterableDataset):
                 rng,
             )
         samples = (
-            Pick(identity.label, key, image)
+            Pick(identity.label, key, image, identity)
             for identity in identities()
             for key, image in zip(identity.keys, identity.images, strict=True)
         )
@@ -128,8 +131,12 @@ class FaceBatches(IterableDataset):
                 step += self.num_workers
 
     def collate(self, step: int, picks: list[Pick]) -> dict:
+        """Decode a batch. An image that fails to decode (or has another size) is replaced by
+        another image of the same identity, so the P x K shape holds; the batch's
+        `bad_samples` names each failure ("shard/key: reason") for the loop to count."""
         flips = np.random.default_rng([self.seed, self.rank, step]).random(len(picks)) < 0.5
-        first = decode_rgb(picks[0].image, where=f"sample {picks[0].key}")
+        bad: list[str] = []
+        first = self._decode_or_replace(step, 0, picks[0], None, bad)
         # Decode straight into one tensor, in shared memory inside a loader worker, so
         # handing the batch to the training process copies nothing.
         images = torch.empty((len(picks), *first.shape), dtype=torch.uint8)
@@ -138,10 +145,7 @@ class FaceBatches(IterableDataset):
         pixels = images.numpy()
         pixels[0] = first
         for slot, pick in enumerate(picks[1:], start=1):
-            try:
-                decode_rgb(pick.image, where=f"sample {pick.key}", out=pixels[slot])
-            except ValueError as err:
-                raise ValueError(f"step {step}: {err} (batch images must share one size)") from None
+            self._decode_or_replace(step, slot, pick, pixels[slot], bad)
         if self.data.flip:
             for slot in np.flatnonzero(flips):
                 pixels[slot] = hflip(pixels[slot])  # numpy copies overlapping views safely
@@ -149,7 +153,37 @@ class FaceBatches(IterableDataset):
             "images": images,
             "labels": torch.tensor([pick.label for pick in picks], dtype=torch.int64),
             "step": step,
+            "bad_samples": bad,
         }
+
+    def _decode_or_replace(
+        self, step: int, slot: int, pick: Pick, out: np.ndarray | None, bad: list[str]
+    ) -> np.ndarray:
+        identity = pick.identity
+        shard = identity.shard if identity is not None and identity.shard else "?"
+        try:
+            return decode_rgb(pick.image, where=f"{shard}/{pick.key}", out=out)
+        except ValueError as err:
+            bad.append(str(err))
+        if identity is None:
+            raise ValueError(f"step {step}: {bad[-1]}; no other image of its identity at hand")
+        # Stand-ins in an order fixed by (seed, rank, step, slot): a resumed run replays it.
+        order = np.random.default_rng([self.seed, self.rank, step, slot]).permutation(
+            len(identity.keys)
+        )
+        for index in order:
+            if identity.keys[index] == pick.key:
+                continue
+            try:
+                return decode_rgb(
+                    identity.images[index], where=f"{shard}/{identity.keys[index]}", out=out
+                )
+            except ValueError as err:
+                bad.append(str(err))
+        raise ValueError(
+            f"step {step}: no image of identity {pick.label} in shard {shard} decodes: "
+            + "; ".join(bad)
+        )
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -158,6 +192,19 @@ class FaceBatches(IterableDataset):
         worker = first_step % self.num_workers
         for step, picks in self.picks(first_step, worker):
             yield self.collate(step, picks)
+
+
+def _worker_init(worker_id: int) -> None:
+    """A loader worker dies with its rank, however the rank ends (kill -9 included), and
+    leaves Ctrl-C to the rank, which shuts its workers down itself."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() == 1:  # the rank died before prctl took effect
+            os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def build_loader(
@@ -177,6 +224,7 @@ def build_loader(
         num_workers=data.workers,
         prefetch_factor=4 if data.workers else None,
         persistent_workers=False,
+        worker_init_fn=_worker_init,
         # Its own generator: starting the workers must not draw from the global torch RNG,
         # or a resumed run's dropout would differ from the uninterrupted one.
         generator=torch.Generator().manual_seed(seed * 1_000_003 + rank),

@@ -35,6 +35,8 @@ class Pick(NamedTuple):
     label: int
     key: str
     image: bytes
+    # The identity it came from: where the loader finds a stand-in for an undecodable image.
+    identity: Identity | None = None
 
 
 def identity_credits(
@@ -103,7 +105,9 @@ def pk_batches(
         for slot in rng.choice(len(labels), size=p, replace=False):
             identity = buffer[labels[slot]]
             for index in draw_k(len(identity.images), k, rng):
-                batch.append(Pick(identity.label, identity.keys[index], identity.images[index]))
+                batch.append(
+                    Pick(identity.label, identity.keys[index], identity.images[index], identity)
+                )
             credits[identity.label] -= 1
             if credits[identity.label] == 0:
                 del buffer[identity.label], credits[identity.label]

@@ -121,6 +121,7 @@ def save_checkpoint(
     shard: dict | None,
     rank_local: dict,
     keep: int = 2,
+    dataset: dict | None = None,
 ) -> Path:
     """Write one checkpoint; a collective call (every rank, same step). Rank 0 passes the
     backbone and replicated state, every rank its class shard (None if no sharded terms)."""
@@ -144,6 +145,8 @@ def save_checkpoint(
         torch.save(replicated, staging / "state.pt")
         (staging / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         written += [staging / "backbone.pt", staging / "state.pt", staging / "config.yaml"]
+        if dataset is not None:
+            written.append(_write_dataset_fingerprint(staging, dataset))
     for path in written:
         _fsync_file(path)
     barrier()
@@ -448,7 +451,7 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def save(trainer: Trainer, cfg: TrainConfig) -> Path:
+def save(trainer: Trainer, cfg: TrainConfig, dataset: dict | None = None) -> Path:
     """Write a checkpoint of `trainer` at its current step into cfg.checkpoint.dir; a
     collective call (every rank, same step)."""
     state = RankState.capture(trainer)
@@ -464,23 +467,21 @@ def save(trainer: Trainer, cfg: TrainConfig) -> Path:
         shard=state.shard,
         rank_local=state.rank_local,
         keep=cfg.checkpoint.keep,
+        dataset=dataset,
     )
 
 
-def resume(trainer: Trainer, cfg: TrainConfig) -> Path | None:
-    """Load the newest complete checkpoint of cfg.checkpoint.dir into `trainer`, if any
-    (written by any world size); returns it, or None when there is none yet."""
-    found = find_checkpoint(cfg.checkpoint.dir)
-    if found is None:
+def resume(trainer: Trainer, cfg: TrainConfig, dataset: dict | None = None) -> Path | None:
+    """Load the newest checkpoint of cfg.checkpoint.dir that loads completely into
+    `trainer`, if any (written by any world size); returns it, or None when there is none
+    yet. `dataset`: this run's data fingerprint; another one is a DatasetMismatchError."""
+    chosen = choose_checkpoint(cfg.checkpoint.dir, trainer.rank, trainer.world_size, trainer)
+    if chosen is None:
         return None
-    # Refusing (not skipping) an unsafe checkpoint: skipping it would silently train again
-    # from an older step, or from step 0.
-    check_format(found)
-    meta = read_meta(found)
-    backbone, replicated = load_replicated(found)
+    found, (meta, backbone, replicated, shards, rank_local) = chosen
+    check_dataset(found, dataset, cfg.data.shards)
     same_world = meta["world_size"] == trainer.world_size
-    rank_local = load_rank_local(found, trainer.rank) if same_world else None
-    RankState.apply(trainer, backbone, replicated, load_shards(found), rank_local)
+    RankState.apply(trainer, backbone, replicated, shards, rank_local if same_world else None)
     if trainer.rank == 0:
         note = (
             ""
@@ -552,3 +553,187 @@ def convert_checkpoint(old: str | Path, new: str | Path) -> Path:
     os.replace(staging, final)
     _write_json_atomic(root / LATEST, {"checkpoint": final.name})
     return final
+
+
+# ------------------------------------------------------- the data a checkpoint belongs to
+DATASET_FINGERPRINT = "dataset.json"
+
+
+class DatasetMismatchError(ValueError):
+    """A checkpoint written for other data than the run's data.shards."""
+
+
+def _write_dataset_fingerprint(staging: Path, dataset: dict) -> Path:
+    path = staging / DATASET_FINGERPRINT
+    path.write_text(json.dumps(dataset, indent=1))
+    return path
+
+
+def read_dataset_fingerprint(checkpoint: Path) -> dict | None:
+    """The fingerprint a checkpoint was written with (None for checkpoints from before)."""
+    try:
+        return json.loads((checkpoint / DATASET_FINGERPRINT).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def check_dataset(checkpoint: Path, dataset: dict | None, shards: str) -> None:
+    """Raise DatasetMismatchError when `checkpoint` was written for other data."""
+    saved = read_dataset_fingerprint(checkpoint)
+    if dataset is None or saved is None:
+        return
+    keys = ("dataset_sha256", "num_classes", "classes_sha256")
+    differs = [key for key in keys if saved.get(key) != dataset.get(key)]
+    if not differs:
+        return
+    details = ", ".join(f"{key} {saved.get(key)} -> {dataset.get(key)}" for key in differs)
+    raise DatasetMismatchError(
+        f"checkpoint {checkpoint} belongs to data.shards {saved.get('shards')!r}, not to "
+        f"{shards!r} ({details}); resuming would mix two datasets. Start a new run in another "
+        f"checkpoint.dir (--set checkpoint.dir=NEW) with --set train.init_from={checkpoint} "
+        "to start from its weights, or point data.shards back at the original data"
+    )
+
+
+# ------------------------------------------------------------- which checkpoint to resume
+def _candidates(root: Path) -> list[Path]:
+    """Every step folder of a checkpoint.dir, newest first (or the one step folder given)."""
+    if (root / META).exists():
+        return [root]
+    if not root.is_dir():
+        return []
+    return sorted(root.glob("step-*"), reverse=True)
+
+
+class _Unloadable(Exception):
+    """Why a checkpoint cannot be resumed from (one line)."""
+
+
+def _load_completely(checkpoint: Path, rank: int) -> tuple:
+    """Everything a rank needs from `checkpoint`; _Unloadable names what failed."""
+    meta = read_meta(checkpoint)
+    if meta is None:
+        raise _Unloadable(f"no readable {META}")
+    if not is_complete(checkpoint):
+        raise _Unloadable("files missing or truncated")
+    # Through the loaders above, so a change of their serialisation applies here too.
+    step = "backbone.pt or state.pt"
+    try:
+        backbone, replicated = load_replicated(checkpoint)
+        step = "shards/"
+        shards = load_shards(checkpoint)
+        step = f"ranks/rank-{rank:05d}.pt"
+        rank_local = load_rank_local(checkpoint, rank)
+    except Exception as err:  # torch.load raises unpickling, zip and runtime errors alike
+        detail = str(err).splitlines()[0] if str(err) else ""
+        raise _Unloadable(f"{step} does not load: {type(err).__name__}: {detail}") from None
+    return meta, backbone, replicated, shards, rank_local
+
+
+def choose_checkpoint(
+    root: str | Path, rank: int = 0, world_size: int = 1, trainer: Trainer | None = None
+) -> tuple[Path, tuple] | None:
+    """The newest checkpoint under `root` that loads completely on every rank, with what was
+    loaded (a collective call on a group: ranks agree on each candidate). Each one skipped is
+    logged in one line with its reason; when none loads it is an error naming them all."""
+    from facetrain.pipeline.train.collectives import all_ranks_true
+
+    skipped: list[str] = []
+    candidates = _candidates(Path(root))
+    for candidate in candidates:
+        try:
+            loaded = _load_completely(candidate, rank)
+            reason = ""
+        except _Unloadable as err:
+            loaded = None
+            reason = str(err)
+        everywhere = (
+            all_ranks_true(loaded is not None, trainer.device, trainer.group)
+            if trainer is not None
+            else loaded is not None
+        )
+        if everywhere:
+            if skipped and rank == 0:
+                log.warning("resuming from %s; skipped %s", candidate.name, "; ".join(skipped))
+            return candidate, loaded
+        skipped.append(f"{candidate} ({reason or 'fails to load on another rank'})")
+    if skipped:
+        raise ValueError(
+            f"checkpoint.dir {root}: no checkpoint loads completely: " + "; ".join(skipped)
+        )
+    return None
+
+
+# ------------------------------------------------- a new run from another run's weights
+def init_from(trainer: Trainer, path: str | Path, class_names: list[str] | None) -> dict:
+    """Start `trainer` (a new run, step 0) from the weights of the checkpoint at `path`
+    (a collective call on a group). The backbone is always taken; classifier and centre rows
+    are carried over by identity name where both datasets hold the identity, and keep their
+    fresh initialisation elsewhere; optimizer state, counters and RNG stay fresh.
+    Returns {"checkpoint", "parent_run" (its MLflow run id or None), "carried", "classes"}."""
+    chosen = choose_checkpoint(path, trainer.rank, trainer.world_size, trainer)
+    if chosen is None:
+        raise FileNotFoundError(f"train.init_from {path}: no checkpoint there (expected step-*/)")
+    found, (_, backbone, replicated, shards, _) = chosen
+    load_backbone_weights(trainer.engine, backbone)
+    carried = 0
+    terms = trainer.objective.sharded_terms()
+    if terms and shards:
+        old_names = (read_dataset_fingerprint(found) or {}).get("class_names")
+        if old_names is None or class_names is None:
+            raise ValueError(
+                f"train.init_from {found}: classes cannot be matched by identity name ("
+                + (
+                    "the checkpoint records none"
+                    if old_names is None
+                    else "data.shards has no identities.parquet"
+                )
+                + "); the classifier rows would belong to other people"
+            )
+        carried = _carry_rows_by_name(terms, shards, old_names, class_names, trainer.device)
+    if trainer.rank == 0:
+        log.warning(
+            "starting a new run from %s: backbone, and class rows of %d identities held by both datasets",
+            found,
+            carried,
+        )
+    return {
+        "checkpoint": str(found),
+        "parent_run": replicated.get("extra", {}).get("mlflow_run_id"),
+        "carried": carried,
+    }
+
+
+def _carry_rows_by_name(
+    terms: dict, shards: list[dict], old_names: list[str], new_names: list[str], device
+) -> int:
+    """Copy old class rows into this rank's rows where the identity name matches; the count
+    of identities carried (this rank's classes only)."""
+    old_index = {name: position for position, name in enumerate(old_names)}
+    first = next(iter(terms.values()))
+    start, count = first.class_start, first.num_local_classes
+    pairs = [
+        (local, old_index[name])
+        for local, name in enumerate(new_names[start : start + count])
+        if name in old_index
+    ]
+    if not pairs:
+        return 0
+    local_rows = torch.tensor([p[0] for p in pairs])
+    old_rows_index = torch.tensor([p[1] for p in pairs])
+    # The old rows of every class at once (memory of the old classifier, once).
+    old_rows = reshard(shards, 0, len(old_names))
+    for term, loss in terms.items():
+        current = loss.shard_state()["tensors"]
+        for name, rows in current.items():
+            key = f"{term}.{name}"
+            if key not in old_rows:
+                continue  # the old run had no such term: fresh rows
+            if old_rows[key].shape[1:] != rows.shape[1:]:
+                raise ValueError(
+                    f"train.init_from: {key} rows are {tuple(old_rows[key].shape[1:])} there, "
+                    f"{tuple(rows.shape[1:])} here (another model.embedding_size?)"
+                )
+            rows[local_rows] = old_rows[key][old_rows_index].to(rows.dtype)
+        loss.load_class_rows({name: rows.to(device) for name, rows in current.items()})
+    return len(pairs)

@@ -26,23 +26,29 @@ class Hook:
     def on_end(self, trainer: Trainer, summary: dict) -> None:
         pass
 
+    def on_stop(self, trainer: Trainer, signum: int) -> None:
+        """Every rank stops at this step after SIGTERM/SIGINT (signals.py); on_end is not called."""
+
 
 class CheckpointHook(Hook):
     """Saves every `checkpoint.every` steps and at the end; `restore` resumes a run."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, dataset: dict | None = None):
+        """`dataset`: the data fingerprint saved with every checkpoint and checked on resume."""
         self.cfg = cfg
+        self.dataset = dataset
         self.last_saved: int | None = None
 
     def restore(self, trainer: Trainer) -> bool:
-        """Load the newest complete checkpoint of checkpoint.dir, if any (any world size)."""
-        if checkpoint.resume(trainer, self.cfg) is None:
+        """Load the newest checkpoint of checkpoint.dir that loads completely, if any (any
+        world size); a checkpoint of other data is a DatasetMismatchError."""
+        if checkpoint.resume(trainer, self.cfg, self.dataset) is None:
             return False
         self.last_saved = trainer.step
         return True
 
     def save(self, trainer: Trainer) -> None:
-        checkpoint.save(trainer, self.cfg)
+        checkpoint.save(trainer, self.cfg, self.dataset)
         self.last_saved = trainer.step
 
     def after_step(self, trainer: Trainer, out: StepOutput) -> None:
@@ -53,6 +59,10 @@ class CheckpointHook(Hook):
         if self.last_saved != trainer.step:
             self.save(trainer)
         summary["checkpoint"] = str(checkpoint.find_checkpoint(self.cfg.checkpoint.dir))
+
+    def on_stop(self, trainer: Trainer, signum: int) -> None:
+        if self.last_saved != trainer.step:
+            self.save(trainer)
 
 
 class ProgressHook(Hook):
@@ -86,3 +96,6 @@ class ProgressHook(Hook):
     def on_end(self, trainer: Trainer, summary: dict) -> None:
         if self.bar is not None:
             self.bar.close()
+
+    def on_stop(self, trainer: Trainer, signum: int) -> None:
+        self.on_end(trainer, {})

@@ -91,7 +91,7 @@ def choose_sample(
             "selection has nothing to sample"
         )
     chosen = set(rng.choice(seen, size=min(identities, seen), replace=False).tolist())
-    streamed = itertools.chain.from_iterable(iter_identities(shard.url) for shard in shards)
+    streamed = itertools.chain.from_iterable(iter_identities(shard) for shard in shards)
     labels, keys, images = [], [], []
     for ordinal, identity in enumerate(itertools.islice(streamed, max(chosen) + 1)):
         if ordinal not in chosen:

@@ -136,6 +136,9 @@ class MlflowHook(Hook):
             "data_manifest_sha256": manifest_hash(self.manifest),
             "backbone": self.cfg.model.backbone,
         }
+        if trainer.extra_state.get("parent_run"):
+            # A run started from another run's weights (train.init_from).
+            tags["facetrain.parent_run"] = trainer.extra_state["parent_run"]
         if self.rank_hosts is not None:
             # Which machine each rank ran on, in rank order: where to look when one is slow.
             tags["facetrain.rank_hosts"] = json.dumps(self.rank_hosts)
@@ -218,6 +221,17 @@ class MlflowHook(Hook):
             self._model_failed(summary, f"log_model failed: {reason}")
             return
         self._record("model", {"run_id": self.run_id, "logged": True})
+
+    def on_stop(self, trainer: Trainer, signum: int) -> None:
+        """Preempted: the metrics so far reach MLflow and the run is closed as KILLED (the
+        resumed run reopens it by id); no model is logged for an unfinished run."""
+        import mlflow
+
+        self.flush(trainer)
+        self._record("stopped", {"step": trainer.step, "signal": signum})
+        if self.run_id is not None and not self.offline:
+            self._call("end_run", mlflow.end_run, status="KILLED")
+
 
     def _model_failed(self, summary: dict, reason: str) -> None:
         message = (

@@ -42,9 +42,16 @@ def _jpeg(pixels: np.ndarray) -> bytes:
 
 
 def write_shards(
-    root: Path, counts: list[int], num_shards: int, size: int = 112, seed: int = 0
+    root: Path,
+    counts: list[int],
+    num_shards: int,
+    size: int = 112,
+    seed: int = 0,
+    bad_images: frozenset[tuple[int, int]] = frozenset(),
 ) -> Path:
-    """Write identities with `counts[label]` images into `num_shards` shards under `root`."""
+    """Write identities with `counts[label]` images into `num_shards` shards under `root`;
+    the (label, index) pairs in `bad_images` get bytes that no decoder accepts (the shard
+    and dataset.json stay consistent: only the image is broken)."""
     shard_dir = root / SHARDS_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
     labels = np.random.default_rng(seed).permutation(len(counts))
@@ -59,7 +66,9 @@ def write_shards(
                     f"{label:05d}_{index:04d}",
                     {
                         LABEL_KEY: str(int(label)).encode(),
-                        IMAGE_KEY: _jpeg(face_pixels(int(label), index, size)),
+                        IMAGE_KEY: b"\xff\xd8 not a jpeg"
+                        if (int(label), index) in bad_images
+                        else _jpeg(face_pixels(int(label), index, size)),
                         PROVENANCE_KEY: json.dumps({"identity": f"id{label:05d}"}).encode(),
                     },
                 )
@@ -72,6 +81,8 @@ def write_shards(
                 "name": name,
                 "samples": int(sum(counts[m] for m in members)),
                 "identities": len(members),
+                "bytes": writer.bytes,
+                "sha256": writer.sha256,
             }
         )
     manifest = DatasetManifest.model_validate(

@@ -1,5 +1,6 @@
 """The loader's tar reader against webdataset's own iterator (the reference), every format."""
 
+import dataclasses
 import io
 import tarfile
 
@@ -104,3 +105,58 @@ def test_a_bad_dataset_json_names_the_file_and_the_key(tmp_path):
     (root / "dataset.json").write_text(json.dumps(tree))
     with pytest.raises(DatasetFormatError, match=f"^{location}: missing key 'num_classes'$"):
         read_dataset_index(str(root))
+
+
+def _shard_bytes_at_member_boundary(data: bytes, keep_samples: int, members_per_sample: int = 3):
+    """The first `keep_samples` samples of a tar, cut right after a member (no trailer)."""
+    offset = 0
+    for _ in range(keep_samples * members_per_sample):
+        size = int(data[offset + 124 : offset + 136].rstrip(b"\0 ") or b"0", 8)
+        offset += 512 + size + (-size) % 512
+    return data[:offset]
+
+
+@pytest.mark.parametrize("how", ["local", "url"])
+def test_a_shard_cut_at_a_member_boundary_is_an_error_naming_it(tmp_path, how):
+    from facetrain.pipeline.data.shards import ShardIntegrityError, read_dataset_index
+
+    from tests.pipeline.shards import write_shards
+
+    root = write_shards(tmp_path / "data", [4, 3, 5], num_shards=1, size=16)
+    index = read_dataset_index(str(root))
+    shard = index.shards[0]
+    path = root / "shards" / "train-000000.tar"
+    path.write_bytes(_shard_bytes_at_member_boundary(path.read_bytes(), keep_samples=6))
+    if how == "url":  # no size on open: the count, size and hash at the end name it
+        shard = dataclasses.replace(shard, url=f"pipe:cat {shard.url}")
+        with pytest.raises(
+            ShardIntegrityError,
+            match=r"train-000000.tar: 6 samples, dataset.json lists 12; .* bytes",
+        ):
+            list(iter_identities(shard))
+    else:
+        with pytest.raises(ShardIntegrityError, match=r"train-000000.tar: \d+ bytes, dataset.json"):
+            next(iter_identities(shard))
+
+
+def test_a_changed_byte_of_the_same_size_fails_the_sha256(tmp_path):
+    from facetrain.pipeline.data.shards import (
+        ShardIntegrityError,
+        read_dataset_index,
+        verify_shards,
+    )
+
+    from tests.pipeline.shards import write_shards
+
+    root = write_shards(tmp_path / "data", [4, 3, 5, 2], num_shards=2, size=16)
+    index = read_dataset_index(str(root))
+    assert verify_shards(index, progress=False) == []
+    assert sum(len(i.images) for s in index.shards for i in iter_identities(s)) == 14
+    path = root / "shards" / "train-000001.tar"
+    data = bytearray(path.read_bytes())
+    data[600] ^= 0xFF  # inside the first member's payload: still a valid tar
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardIntegrityError, match=r"train-000001.tar: sha256 [0-9a-f]{16}\.\.\., "):
+        list(iter_identities(index.shards[1]))
+    problems = verify_shards(index, progress=False)
+    assert len(problems) == 1 and "train-000001.tar: sha256" in problems[0]
