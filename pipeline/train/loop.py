@@ -20,6 +20,7 @@ from facetrain.pipeline.train.hooks import CheckpointHook, Hook, ProgressHook
 from facetrain.pipeline.train.offline_triplets import OfflineTriplets
 from facetrain.pipeline.train.rendezvous import gather_rank_hosts
 from facetrain.pipeline.train.trainer import Trainer
+from facetrain.pipeline.train.validation import ValidationHook
 
 
 def run_rank(
@@ -35,6 +36,8 @@ def run_rank(
     checkpoints = CheckpointHook(cfg)
     checkpoints.restore(trainer)
     hooks: list[Hook] = [checkpoints]
+    if cfg.eval is not None:  # ahead of MLflow: it adds the figures to the step's metrics
+        hooks.append(ValidationHook(cfg, progress=progress))
     if trainer.rank == 0:
         hooks.append(ProgressHook(cfg.train.steps, enabled=progress))
         if cfg.mlflow.enabled:
@@ -68,6 +71,8 @@ def run_rank(
         out = trainer.train_step(normalize_batch(batch["images"]), batch["labels"])
         for hook in hooks:
             hook.after_step(trainer, out)
+        if any(hook.stop_requested for hook in hooks):
+            break
     summary = {
         "steps": trainer.step,
         "skipped_steps": trainer.skipped_steps,

@@ -24,6 +24,7 @@ from facetrain.pipeline.config import TrainConfig
 from facetrain.pipeline.models import backbone_from_config
 from facetrain.pipeline.train.hooks import Hook
 from facetrain.pipeline.train.trainer import StepOutput, Trainer
+from facetrain.pipeline.train.validation import model_version_tags, weights_to_log
 
 log = logging.getLogger("facetrain.tracking")
 
@@ -191,10 +192,15 @@ class MlflowHook(Hook):
         if self.run_id is None or self.offline:
             return
         if self.cfg.mlflow.log_model:
-            self._call("log_model", self._log_model, trainer.backbone)
+            # `mlflow.register`: the best checkpoint's weights or the last, tagged as such.
+            info = self._call("log_model", self._log_model, weights_to_log(trainer, self.cfg))
+            if info is not None:
+                tags = model_version_tags(trainer, self.cfg)
+                registered = self.cfg.mlflow.registered_model
+                self._call("tag_model", tag_logged_model, info, tags, registered)
         self._call("end_run", mlflow.end_run)
 
-    def _log_model(self, backbone: torch.nn.Module) -> None:
+    def _log_model(self, backbone: torch.nn.Module) -> Any:
         import mlflow
         from mlflow.models import infer_signature
 
@@ -211,7 +217,7 @@ class MlflowHook(Hook):
         example = np.zeros((2, 3, 112, 112), dtype=np.float32)
         with torch.no_grad():
             output = model(torch.from_numpy(example)).numpy()
-        mlflow.pytorch.log_model(
+        return mlflow.pytorch.log_model(
             model,
             name="model",
             input_example=example,
@@ -223,6 +229,19 @@ class MlflowHook(Hook):
             # Explicit requirements: inferring them would re-import the model in a subprocess.
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
         )
+
+
+def tag_logged_model(info: Any, tags: dict[str, str], registered_model: str | None) -> None:
+    """Tags on the logged model's run and on its registered version, when it has one."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(info.run_id, f"model.{key}", value)
+    version = getattr(info, "registered_model_version", None)
+    if registered_model and version is not None:
+        for key, value in tags.items():
+            client.set_model_version_tag(registered_model, str(version), key, value)
 
 
 def upload_records(
