@@ -17,13 +17,14 @@ from facetrain.jobs.cli import (
     embed,
     eval_cmd,
     export,
+    pack,
     prep,
     submit,
     train,
 )
 from facetrain.jobs.cli.common import run_parsed
 
-COMMANDS = (prep, train, eval_cmd, embed, export, submit, configs_cmd, doctor, demo)
+COMMANDS = (prep, train, eval_cmd, embed, export, pack, submit, configs_cmd, doctor, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
