@@ -105,3 +105,11 @@ def test_lfw_view2_pack_gives_the_figures_of_the_pairs_route(lfw_root, tmp_path)
     assert from_pack["eer"] == pytest.approx(from_pairs["eer"], abs=0.005)
     per_fold = np.abs(np.subtract(from_pack["fold_accuracies"], from_pairs["fold_accuracies"]))
     assert per_fold.max() <= 0.02, per_fold
+
+    # Lossless: the very figures of the pairs route.
+    lossless = tmp_path / "lfw-png.bin"
+    assert main([*pack, "--out", str(lossless), "--workers", "2", "--format", "png"]) == 0
+    assert main(["eval", "verify", "--bin", str(lossless), "--json", str(tmp_path / "n.json"), *common]) == 0
+    from_png = json.loads((tmp_path / "n.json").read_text())
+    for figure in (*FIGURES, "tar_at_far", "fold_accuracies"):
+        assert from_png[figure] == pytest.approx(from_pairs[figure], abs=1e-9), figure
