@@ -260,3 +260,50 @@ def test_best_and_patience_follow_the_selected_figure(
     seen = values[:stop_step]
     assert saved[-1] == best_step
     assert trainer.extra_state["validation"]["best"] == (min(seen) if metric == "eer" else max(seen))
+
+
+def test_a_prep_val_split_serves_the_pairs_by_source_path(tmp_path, face_set):
+    """`{pairs, shards}`: the faces prep aligned into the `val` split, found by source path."""
+    import json
+
+    from facetrain.data_prep.shard_format import (
+        DATASET_FILE,
+        IMAGE_KEY,
+        LABEL_KEY,
+        PROVENANCE_KEY,
+        SHARDS_DIR,
+        DatasetManifest,
+    )
+    from facetrain.data_prep.tar_writer import ShardTarWriter
+    from facetrain.pipeline.eval.valsets import decode_faces, pair_set
+
+    images = face_set["images"]
+    keys = sorted(path.relative_to(images).as_posix() for path in images.rglob("*.jpg"))
+    (tmp_path / SHARDS_DIR).mkdir()
+    with open(tmp_path / SHARDS_DIR / "val-000000.tar", "wb") as stream:
+        writer = ShardTarWriter(stream)
+        writer.write_samples(
+            (
+                f"val_{index:06d}_0000",
+                {
+                    LABEL_KEY: str(index).encode(),
+                    IMAGE_KEY: (face_set["images"] / key).read_bytes(),
+                    PROVENANCE_KEY: json.dumps({"source": key}).encode(),
+                },
+            )
+            for index, key in enumerate(keys[1:])  # the first image was rejected by prep
+        )
+        writer.close()
+    manifest = DatasetManifest.model_validate(
+        {"num_classes": 0, "splits": {"val": {"shards": [
+            {"name": "val-000000.tar", "samples": len(keys) - 1, "identities": len(keys) - 1}]}}}
+    )  # fmt: skip
+    (tmp_path / DATASET_FILE).write_text(manifest.to_json())
+
+    from_shards = pair_set("val", pairs=face_set["pairs"], shards=tmp_path)
+    from_folder = pair_set("val", pairs=face_set["pairs"], images=face_set["images"])
+    decoded = decode_faces(from_shards.source, from_shards.keys)
+    reference = decode_faces(from_folder.source, from_folder.keys)
+    assert list(decoded.failures) == [keys[0]] and "not in the split" in decoded.failures[keys[0]]
+    for key, face in zip(decoded.keys, decoded.faces, strict=True):
+        assert np.array_equal(face, reference.faces[reference.keys.index(key)]), key
