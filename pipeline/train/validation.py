@@ -78,13 +78,16 @@ def embed_faces_batched(
     The backbone's mode is the caller's: eval mode for validation."""
     rows = []
     for start in range(0, len(faces), batch_size):
-        batch = normalize_batch(torch.from_numpy(faces[start : start + batch_size])).to(device)
+        pixels = torch.from_numpy(faces[start : start + batch_size])
+        count = len(pixels)
+        if flip:
+            # Flip and stack the uint8 pixels (NHWC, width is dim 2), then convert once: a
+            # float32 cat of the flipped batch costs as much as the tiny model's convolutions.
+            pixels = torch.cat([pixels, pixels.flip(2)])
+        batch = normalize_batch(pixels).to(device, non_blocking=True)
         with autocast(device, precision):
-            if flip:
-                both = backbone(torch.cat([batch, batch.flip(3)])).float()
-                embeddings = both[: len(batch)] + both[len(batch) :]
-            else:
-                embeddings = backbone(batch).float()
+            output = backbone(batch).float()
+        embeddings = output[:count] + output[count:] if flip else output
         rows.append(torch.nn.functional.normalize(embeddings, dim=1).cpu())
     return torch.cat(rows) if rows else torch.zeros(0, 0)
 
