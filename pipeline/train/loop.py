@@ -35,9 +35,12 @@ def run_rank(
     trainer = Trainer(cfg, index.num_classes, group)
     checkpoints = CheckpointHook(cfg)
     checkpoints.restore(trainer)
-    hooks: list[Hook] = [checkpoints]
-    if cfg.eval is not None:  # ahead of MLflow: it adds the figures to the step's metrics
+    hooks: list[Hook] = []
+    # Validation first: a checkpoint of an evaluated step holds its verdict (best so far,
+    # patience), and the MLflow hook finds the figures in the step's metrics.
+    if cfg.eval is not None:
         hooks.append(ValidationHook(cfg, progress=progress))
+    hooks.append(checkpoints)
     if trainer.rank == 0:
         hooks.append(ProgressHook(cfg.train.steps, enabled=progress))
         if cfg.mlflow.enabled:

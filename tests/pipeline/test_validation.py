@@ -206,6 +206,7 @@ def test_training_logs_val_curves_keeps_the_best_and_registers_it(tmp_path, face
         shards,
         eval={**eval_section(face_set), "select": "packed/auc"},
         train={"steps": 5, "lr": 0.05, "log_every": 1},
+        checkpoint={"dir": str(tmp_path / "ckpt"), "every": 4},
         mlflow={"tracking_uri": uri, "experiment": "val", "registered_model": "val-test"},
     )
     summary = run_rank(cfg, progress=False)
@@ -226,6 +227,13 @@ def test_training_logs_val_curves_keeps_the_best_and_registers_it(tmp_path, face
     assert version.tags["facetrain.weights"] == "best"
     assert float(version.tags["val/packed/auc"]) == pytest.approx(max(aucs), rel=1e-5)
     assert version.tags["facetrain.best_step"] == str(best_step)
+    # The checkpoint of step 4 holds the verdict of the evaluation at step 4 (for a resume).
+    from facetrain.pipeline.train.checkpoint import load_replicated
+
+    _, replicated = load_replicated(tmp_path / "ckpt" / "step-00000004")
+    verdict = replicated["extra"]["validation"]
+    assert verdict["best_step"] == [2, 4][int(np.argmax(aucs[:2]))]
+    assert verdict["best"] == max(aucs[:2])
 
 
 @pytest.mark.parametrize(
