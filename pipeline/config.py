@@ -7,7 +7,8 @@ are errors (`extra="forbid"`), so a typo in a YAML never trains silently with a 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import re
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -199,16 +200,91 @@ class MlflowConfig(Section):
         description="a model that could not be logged or registered fails the run (exit 1, "
         "after the checkpoint is written); false: a warning",
     )
+    # `register` in YAML; another name in Python, where BaseModel.register (ABC's) lives.
+    model_config = ConfigDict(extra="forbid", validate_by_name=True, serialize_by_alias=True)
+    # best: the checkpoint best on eval.select (checkpoint.dir/best); last: the final weights.
+    registered_weights: Literal["best", "last"] | None = Field(
+        None,
+        alias="register",
+        description="which weights are logged and registered; default best with eval",
+    )
+
+
+class ValSetConfig(Section):
+    """One verification set evaluated during training: a `.bin` pack, or a pairs file over
+    images (raw, aligned with `landmarks`, or already aligned 112x112 faces such as the
+    `images/` of a `facetrain prep` output)."""
+
+    name: str = Field(min_length=1, description="the MLflow key: val/<name>/accuracy")
+    bin: str | None = Field(None, description="an insightface .bin (lfw.bin, cfp_fp.bin, ...)")
+    pairs: str | None = Field(None, description="an LFW-format pairs file")
+    images: str | None = Field(None, description="root the pair keys are relative to")
+    landmarks: str | None = Field(None, description="5-point landmarks to align raw images")
+    shards: str | None = Field(
+        None, description="a `facetrain prep` output: pair keys are its samples' source paths"
+    )
+    split: str = Field("val", description="the split of `shards` the pairs are drawn from")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ValSetConfig:
+        if (self.bin is None) == (self.pairs is None):
+            raise ValueError(
+                f"eval set {self.name!r}: give either `bin: FILE` or `pairs: FILE` with "
+                "`images: DIR` (or `shards: DIR`)"
+            )
+        if self.pairs is not None and (self.images is None) == (self.shards is None):
+            raise ValueError(
+                f"eval set {self.name!r}: `pairs` needs exactly one of `images: DIR` and `shards: DIR`"
+            )
+        if self.bin is not None and (self.images or self.landmarks or self.shards):
+            raise ValueError(
+                f"eval set {self.name!r}: a .bin holds its own aligned images; "
+                "drop `images`/`landmarks`/`shards`"
+            )
+        return self
+
+
+SELECTABLE_METRIC = re.compile(r"accuracy|auc|eer|tar_at_far_1e-[2-6]")
 
 
 class EvalConfig(Section):
-    """Optional final verification (filled in by the evaluation stage)."""
+    """Verification during training: every `every` steps and at the end, on each of `sets`."""
 
-    pairs: str | None = None
-    images: str | None = None
-    landmarks: str | None = None
-    batch_size: int = Field(64, ge=1)
-    options: dict[str, Any] = Field(default_factory=dict)
+    every: int = Field(1000, ge=1, description="steps between evaluations (and one at the end)")
+    sets: list[ValSetConfig] = Field(min_length=1)
+    batch_size: int = Field(64, ge=1, description="images per forward pass per rank (x2 with flip)")
+    flip: bool = True
+    folds: int = Field(10, ge=2, description="folds of a pairs file or .bin without its own")
+    template: str = Field("arcface", description="alignment template of raw images, as in prep")
+    select: str | None = Field(
+        None,
+        description="<set>/<metric> that picks the best checkpoint; default <first set>/accuracy",
+    )
+    patience: int | None = Field(
+        None, ge=1, description="stop after this many evaluations without a better `select`"
+    )
+
+    @model_validator(mode="after")
+    def _check_select(self) -> EvalConfig:
+        names = [s.name for s in self.sets]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"eval.sets: name(s) {repeated} appear more than once")
+        if self.select is not None:
+            set_name, _, metric = self.select.partition("/")
+            if set_name not in names or not SELECTABLE_METRIC.fullmatch(metric):
+                raise ValueError(
+                    f"eval.select={self.select!r}: expected <set>/<metric> with a set of "
+                    f"eval.sets ({', '.join(names)}) and a metric accuracy|auc|eer|"
+                    f"tar_at_far_1e-N, e.g. {names[0]}/accuracy"
+                )
+        return self
+
+    @property
+    def selected(self) -> tuple[str, str]:
+        """(set name, metric) of `select`, by default the first set's accuracy."""
+        set_name, _, metric = (self.select or f"{self.sets[0].name}/accuracy").partition("/")
+        return set_name, metric
 
 
 class TrainConfig(Section):
@@ -245,6 +321,19 @@ class TrainConfig(Section):
                 f"data.batch.k={self.data.batch.k}: the P x K sampler needs k >= 2 so every anchor has a positive"
             )
         return self
+
+    @model_validator(mode="after")
+    def _check_register(self) -> TrainConfig:
+        if self.mlflow.registered_weights == "best" and self.eval is None:
+            raise ValueError("mlflow.register=best needs an eval section (the figure that picks it)")
+        return self
+
+    @property
+    def register(self) -> Literal["best", "last"]:
+        """The weights logged to MLflow: best on eval.select when there is one, else last."""
+        if self.mlflow.registered_weights is not None:
+            return self.mlflow.registered_weights
+        return "best" if self.eval is not None else "last"
 
     @property
     def sampler(self) -> Literal["pk", "shuffle"]:

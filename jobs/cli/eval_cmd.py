@@ -1,4 +1,4 @@
-"""`facetrain eval verify|cluster|identify`: a thin shell over `pipeline.eval`."""
+"""`facetrain eval verify|cluster|identify|ijb`: a thin shell over `pipeline.eval`."""
 
 from __future__ import annotations
 
@@ -65,6 +65,29 @@ def register(subparsers) -> None:
     identify.add_argument("--seed", type=int, default=0)
     identify.add_argument("--name", default="identify", help="name for MLflow keys")
     identify.set_defaults(func=run_identify)
+
+    ijb = tasks.add_parser(
+        "ijb", help="IJB-B/IJB-C 1:1 template verification: TAR at FAR=1e-6..1e-1, ROC",
+        description="Reads ROOT/meta/<set>_face_tid_mid.txt, _template_pair_label.txt and "
+        "_name_5pts_score.txt and ROOT/loose_crop/; aligns, embeds with flip, pools images into "
+        "media and media into templates, scores every template pair.",
+    )
+    ijb.add_argument("--root", required=True, metavar="DIR", help="the IJB folder (meta/, loose_crop/)")
+    ijb.add_argument("--model", required=True, metavar="MODEL",
+                     help="MLflow run id, runs:/ or models:/ URI, or checkpoint path")
+    ijb.add_argument("--no-detector-score", action="store_true",
+                     help="do not weight image features by the detector score")
+    ijb.add_argument("--json", metavar="FILE", help="write the figures here")
+    ijb.add_argument("--roc", metavar="PNG", help="ROC plot path (default: beside --json, else ./roc-SET.png)")
+    ijb.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    ijb.add_argument("--experiment", default="facetrain-eval", help="MLflow experiment of a new evaluation run")
+    ijb.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or mlflow's)")
+    # `--set IJBC|IJBB` names the set (the anchors' spelling); `--set key=value` still
+    # overrides an evaluation option, as in every other command.
+    ijb.add_argument("--config", metavar="FILE|NAME", help="evaluation options YAML")
+    ijb.add_argument("--set", dest="overrides", action="append", default=[], metavar="IJBC|IJBB|KEY=VALUE",
+                     help="the IJB set (default IJBC), or an option override such as batch_size=256")
+    ijb.set_defaults(func=run_ijb)
 
 
 def _add_source_options(parser: argparse.ArgumentParser) -> None:
@@ -235,6 +258,53 @@ def _finish(args: argparse.Namespace, loaded, summary: dict, title: str, skipped
             tags={"model": summary["model"] or f"embeddings:{args.embeddings}"},
             experiment=args.experiment, tracking_uri=args.tracking_uri,
             artifacts=[args.json] if args.json else (),
+        )
+        console.print(f"logged to MLflow run {run_id}")
+    return 0
+
+
+def run_ijb(args: argparse.Namespace) -> int:
+    from facetrain.pipeline.eval.ijb import run_ijb as evaluate_ijb
+    from facetrain.pipeline.eval.ijb import thin_roc
+    from facetrain.pipeline.eval.report import figures_table, write_roc_png
+    from facetrain.pipeline.eval.tracking import log_results
+    from rich.console import Console
+
+    names = [value for value in args.overrides if "=" not in value]
+    args.overrides = [value for value in args.overrides if "=" in value]
+    if len(names) > 1 or any(name not in ("IJBC", "IJBB") for name in names):
+        raise UsageError(f"--set {' '.join(names)}: expected one IJB set, IJBC or IJBB")
+    args.ijb_set = names[0] if names else "IJBC"
+    options = _options(args)
+    args.embeddings = None
+    loaded, _ = _load(args, options)
+    try:
+        result = evaluate_ijb(
+            loaded.module, args.root, args.ijb_set, options, detector_score=not args.no_detector_score
+        )
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from err
+    summary = result.summary
+    summary["model"] = loaded.uri
+    console = Console()
+    shown = {**summary, **{f"TAR@FAR={far}": tar for far, tar in summary["tar_at_far"].items()}}
+    console.print(figures_table(shown, title=f"{args.ijb_set} 1:1 verification"))
+    if summary["images_failed"]:
+        print(f"warning: {summary['images_failed']} of {summary['images']} images could not be "
+              "embedded (first ones listed in --json)", file=sys.stderr)
+    roc_path = Path(args.roc) if args.roc else (
+        Path(args.json).with_suffix(".roc.png") if args.json else Path(f"roc-{args.ijb_set}.png")
+    )
+    fpr, tpr, _ = result.roc()
+    write_roc_png(*thin_roc(fpr, tpr), roc_path, title=f"{args.ijb_set} 1:1 verification")
+    console.print(f"ROC curve: {roc_path}")
+    _write_json(args.json, summary, console)
+    if not args.no_mlflow:
+        run_id = log_results(
+            summary, args.ijb_set, run_id=loaded.run_id,
+            tags={"model": summary["model"], "root": str(args.root)},
+            experiment=args.experiment, tracking_uri=args.tracking_uri,
+            artifacts=[roc_path, *([args.json] if args.json else [])],
         )
         console.print(f"logged to MLflow run {run_id}")
     return 0

@@ -141,8 +141,16 @@ def run_prep_stage(config: DemoConfig, images: Path, landmarks: Path, layout: De
     return run_prep(prep_config)
 
 
-def build_train_config(config: DemoConfig, layout: DemoLayout):
-    """The demo's TrainConfig: the `train` tree with this run's paths filled in (and saved)."""
+VALIDATIONS_PER_RUN = 8  # held-out evaluations during training (plus one at the end)
+
+
+def build_train_config(
+    config: DemoConfig, layout: DemoLayout, heldout_pairs: Path | None = None
+):
+    """The demo's TrainConfig: the `train` tree with this run's paths filled in (and saved).
+
+    With `heldout_pairs` (an LFW pairs file over the prep `val` split), training evaluates
+    them as `val/heldout/*` every steps/8 steps, so the run charts the held-out accuracy."""
     from facetrain.jobs.cli.config import save_resolved, validate
     from facetrain.pipeline.config import TrainConfig
 
@@ -152,6 +160,16 @@ def build_train_config(config: DemoConfig, layout: DemoLayout):
     mlflow_section = tree.setdefault("mlflow", {})
     mlflow_section["tracking_uri"] = layout.tracking_uri
     mlflow_section["experiment"] = config.experiment
+    if heldout_pairs is not None:
+        steps = tree.get("train", {}).get("steps", TrainConfig.model_fields["train"].default.steps)
+        eval_section = tree.setdefault("eval", {})
+        eval_section.setdefault("every", max(1, steps // VALIDATIONS_PER_RUN))
+        eval_section.setdefault("sets", []).append(
+            {"name": "heldout", "pairs": str(heldout_pairs), "shards": str(layout.shards.resolve())}
+        )
+        # The eval stage reports the held-out pairs: the model it loads must not have been
+        # chosen on them, so the run logs its last weights, not the best on `heldout`.
+        mlflow_section.setdefault("register", "last")
     train_config = validate(TrainConfig, tree, source="demo config 'train'")
     save_resolved(train_config, layout.train_config)
     return train_config
@@ -341,7 +359,7 @@ def run_demo(
     done("pairs", t)
 
     t = time.perf_counter()
-    train_config = build_train_config(config, layout)
+    train_config = build_train_config(config, layout, pairs.pairs_file)
     stage(4, f"train: {config.nproc} local ranks, {train_config.model.backbone}, "
           f"{' + '.join(term.type for term in train_config.loss)}, {train_config.train.steps} steps")  # fmt: skip
     result.experiment_id = ensure_experiment(

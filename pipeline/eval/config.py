@@ -1,7 +1,7 @@
 """The knobs of evaluation (`facetrain eval|embed --config FILE --set key=value`).
 
-The trainer's `eval:` section passes its `batch_size` and `options` mapping into this same
-model (`EvalOptions(batch_size=..., **options)`), so both paths embed and score alike.
+Validation during training (the trainer's `eval:` section) embeds with the same
+preprocessing, flip and alignment template, and scores with the same `verify_embeddings`.
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ log = logging.getLogger("facetrain.train")
 
 
 class Hook:
+    # Set by a hook that ends training early (validation patience); the loop stops after
+    # the step on which it is set. Every rank must agree, or the collectives would hang.
+    stop_requested: bool = False
+
     def on_start(self, trainer: Trainer) -> None:
         pass
 

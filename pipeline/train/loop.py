@@ -29,6 +29,7 @@ from facetrain.pipeline.train.hooks import CheckpointHook, Hook, ProgressHook
 from facetrain.pipeline.train.offline_triplets import OfflineTriplets
 from facetrain.pipeline.train.rendezvous import gather_rank_hosts
 from facetrain.pipeline.train.trainer import Trainer
+from facetrain.pipeline.train.validation import ValidationHook
 
 
 def run_rank(
@@ -47,7 +48,12 @@ def run_rank(
         parent = checkpoint.init_from(trainer, cfg.train.init_from, class_names)
         if parent["parent_run"]:
             trainer.extra_state["parent_run"] = parent["parent_run"]
-    hooks: list[Hook] = [checkpoints]
+    hooks: list[Hook] = []
+    # Validation first: a checkpoint of an evaluated step holds its verdict (best so far,
+    # patience), and the MLflow hook finds the figures in the step's metrics.
+    if cfg.eval is not None:
+        hooks.append(ValidationHook(cfg, progress=progress))
+    hooks.append(checkpoints)
     if trainer.rank == 0:
         hooks.append(ProgressHook(cfg.train.steps, enabled=progress))
         if cfg.mlflow.enabled:
@@ -95,6 +101,8 @@ def run_rank(
                     for hook in hooks:
                         hook.on_stop(trainer, stop_signal)
                     raise signals.TrainingStopped(stop_signal, trainer.step)
+                if any(hook.stop_requested for hook in hooks):
+                    break  # early stop (eval.patience)
     finally:
         _shut_down_workers(batches)
     summary = {

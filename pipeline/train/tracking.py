@@ -28,6 +28,7 @@ from facetrain.pipeline.config import ModelConfig, TrainConfig
 from facetrain.pipeline.train.hooks import Hook
 from facetrain.pipeline.train.tracking_sync import describe_mlflow_error
 from facetrain.pipeline.train.trainer import StepOutput, Trainer
+from facetrain.pipeline.train.validation import model_version_tags, weights_to_log
 
 log = logging.getLogger("facetrain.tracking")
 
@@ -109,7 +110,9 @@ class MlflowHook(Hook):
             return fn(*args, **kwargs)
         except Exception as err:  # any failure of the tracking side must not stop training
             self.offline = True
-            self.lost_reason = f"{what} failed: {describe_mlflow_error(err, self.cfg.mlflow.tracking_uri)}"
+            self.lost_reason = (
+                f"{what} failed: {describe_mlflow_error(err, self.cfg.mlflow.tracking_uri)}"
+            )
             log.warning(
                 "MLflow %s failed (%s: %s); training continues without tracking, records kept in %s",
                 what,
@@ -215,7 +218,11 @@ class MlflowHook(Hook):
     def _finish_model(self, trainer: Trainer, summary: dict) -> None:
         """Log (and register) the model; its failure is the run's, not a warning to skip."""
         try:
-            self._log_model(trainer.backbone)
+            # `mlflow.register`: the best checkpoint's weights or the last, tagged as such.
+            info = self._log_model(weights_to_log(trainer, self.cfg))
+            tag_logged_model(
+                info, model_version_tags(trainer, self.cfg), self.cfg.mlflow.registered_model
+            )
         except Exception as err:  # MLflow raises its own exception types per store and version
             reason = describe_mlflow_error(err, self.cfg.mlflow.tracking_uri)
             self._model_failed(summary, f"log_model failed: {reason}")
@@ -232,7 +239,6 @@ class MlflowHook(Hook):
         if self.run_id is not None and not self.offline:
             self._call("end_run", mlflow.end_run, status="KILLED")
 
-
     def _model_failed(self, summary: dict, reason: str) -> None:
         message = (
             f"the model is not in MLflow: {reason}; the checkpoint is complete and "
@@ -244,8 +250,8 @@ class MlflowHook(Hook):
             summary["mlflow_warning"] = message
         log.warning("%s", message)
 
-    def _log_model(self, backbone: torch.nn.Module) -> None:
-        log_backbone(backbone, self.cfg.model, self.cfg.mlflow.registered_model)
+    def _log_model(self, backbone: torch.nn.Module) -> Any:
+        return log_backbone(backbone, self.cfg.model, self.cfg.mlflow.registered_model)
 
 
 def log_backbone(
@@ -284,6 +290,19 @@ def log_backbone(
                 "facetrain",
             ],
         )
+
+
+def tag_logged_model(info: Any, tags: dict[str, str], registered_model: str | None) -> None:
+    """Tags on the logged model's run and on its registered version, when it has one."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(info.run_id, f"model.{key}", value)
+    version = getattr(info, "registered_model_version", None)
+    if registered_model and version is not None:
+        for key, value in tags.items():
+            client.set_model_version_tag(registered_model, str(version), key, value)
 
 
 def upload_records(

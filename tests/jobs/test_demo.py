@@ -88,6 +88,14 @@ def test_quick_demo_trains_and_verifies_held_out_identities(tmp_path):
     assert run.info.status == "FINISHED"
     assert run.data.metrics["heldout/accuracy"] == pytest.approx(heldout["accuracy"])
     assert "heldout/raw_pixels_accuracy" in run.data.metrics
+    # Training evaluated the held-out pairs as it went: a curve, not a single point.
+    from facetrain.jobs.demo.run import VALIDATIONS_PER_RUN
+
+    curve = client.get_metric_history(run_id, "val/heldout/accuracy")
+    assert len(curve) == VALIDATIONS_PER_RUN, curve
+    # The same last weights; the curve reads prep's JPEG-encoded aligned faces, the eval stage
+    # aligns the raw images again: the figures agree up to that encoding.
+    assert curve[-1].value == pytest.approx(heldout["accuracy"], abs=0.03)
 
     def listing(folder=None):
         for item in client.list_artifacts(run_id, folder):

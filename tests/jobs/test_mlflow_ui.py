@@ -75,20 +75,66 @@ def _stop(server: subprocess.Popen) -> None:
         pass
 
 
-def _chromium(url: str, profile: Path, *mode: str) -> subprocess.CompletedProcess:
+def _chromium(
+    url: str, profile: Path, *mode: str, budget_ms: int = 20000
+) -> subprocess.CompletedProcess:
     command = [
         CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         f"--user-data-dir={profile}", "--window-size=1600,1000", "--hide-scrollbars",
-        "--virtual-time-budget=20000", *mode, url,
+        f"--virtual-time-budget={budget_ms}", *mode, url,
     ]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, timeout=180)
+
+
+def _train_with_validation(tracking_uri: str, artifacts: Path, tmp_path: Path) -> str:
+    """A short real training run that evaluates held-out pairs, as the demo's run does."""
+    from facetrain.pipeline.config import TrainConfig
+    from facetrain.pipeline.eval.tracking import ensure_experiment
+    from facetrain.pipeline.train.loop import run_rank
+
+    from tests.pipeline.eval.helpers import write_face_folder, write_pairs_file
+    from tests.pipeline.shards import write_shards
+
+    experiment_id = ensure_experiment(tracking_uri, "ui-validation", artifacts)
+    write_face_folder(tmp_path / "heldout", identities=6, per_identity=3)
+    pairs = write_pairs_file(tmp_path / "heldout-pairs.txt", identities=6, per_identity=3)
+    cfg = TrainConfig.model_validate(
+        {
+            "data": {
+                "shards": str(write_shards(tmp_path / "shards", [4] * 8, num_shards=2)),
+                "batch": {"p": 4, "k": 2},
+                "workers": 0,
+            },
+            "model": {"backbone": "tiny", "embedding_size": 16},
+            "loss": [{"type": "softmax"}],
+            "train": {"steps": 12, "lr": 0.05, "log_every": 2},
+            "checkpoint": {"dir": str(tmp_path / "ckpt")},
+            "mlflow": {"tracking_uri": tracking_uri, "experiment": "ui-validation",
+                       "run_name": "ui-validation-run", "log_model": False},
+            "eval": {"every": 3, "sets": [{"name": "heldout", "pairs": str(pairs),
+                                            "images": str(tmp_path / "heldout")}]},
+        }
+    )  # fmt: skip
+    run_rank(cfg, progress=False)
+    return experiment_id
 
 
 @pytest.fixture
 def mlflow_server(tmp_path):
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     experiment_id = _fill_store(tracking_uri, tmp_path / "artifacts")
+    yield from _serve(tracking_uri, experiment_id, tmp_path)
+
+
+@pytest.fixture
+def validation_server(tmp_path):
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id = _train_with_validation(tracking_uri, tmp_path / "artifacts", tmp_path)
+    yield from _serve(tracking_uri, experiment_id, tmp_path)
+
+
+def _serve(tracking_uri: str, experiment_id: str, tmp_path: Path):
     port = free_port()
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no background job workers
     log = (tmp_path / "server.log").open("w")
@@ -130,4 +176,28 @@ def test_experiment_page_lists_both_runs_and_charts_their_metric(mlflow_server, 
     screenshot = ARTIFACTS / "mlflow-ui-runs-chart.png"
     screenshot.unlink(missing_ok=True)
     _chromium(page, tmp_path / "profile-shot", f"--screenshot={screenshot}")
+    assert screenshot.is_file() and screenshot.stat().st_size > 20_000
+
+
+def test_training_run_charts_the_held_out_accuracy_curve(validation_server, tmp_path):
+    url, experiment_id = validation_server
+    page = f"{url}/#/experiments/{experiment_id}/runs?compareRunsMode=CHART"
+    # Three chart sections (loss, val/heldout, the rest) render lazily: more virtual time.
+    dom = _chromium(page, tmp_path / "profile-dom", "--dump-dom", budget_ms=60000).stdout
+    text = re.sub(
+        r"\s+",
+        " ",
+        re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style).*?</\1>", "", dom, flags=re.S)),
+    )
+    assert "ui-validation-run" in text, text[:2000]
+    # MLflow groups the validation figures in their own chart section...
+    assert re.search(r"val/heldout \(6\)", text), text[:4000]
+    # ...and draws the held-out accuracy curve, one trace per run.
+    assert "ui-validation-run (val/heldout/accuracy)" in text, text[:4000]
+    assert "js-plotly-plot" in dom
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "mlflow-ui-validation-chart.png"
+    screenshot.unlink(missing_ok=True)
+    _chromium(page, tmp_path / "profile-shot", f"--screenshot={screenshot}", budget_ms=60000)
     assert screenshot.is_file() and screenshot.stat().st_size > 20_000

@@ -1,7 +1,10 @@
-"""The loader benchmark still runs (`--quick`); its figures come from the full run only."""
+"""The loader and validation benchmarks still run (`--quick`); figures come from full runs only."""
 
 import importlib.util
+import re
 from pathlib import Path
+
+import pytest
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "loader_throughput.py"
 
@@ -18,3 +21,16 @@ def test_loader_benchmark_quick_returns_its_table():
         if line.startswith("| torch") or line.startswith("| facetrain")
     ]
     assert len(rows) == 2 and all(float(row.split("|")[2]) > 0 for row in rows)
+
+
+@pytest.mark.slow
+def test_validation_benchmark_quick_returns_its_table():
+    path = BENCHMARK.parent / "validation_overhead.py"
+    spec = importlib.util.spec_from_file_location("validation_overhead", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    section = module.main(["--quick"])
+    assert section.startswith("## Validation during training")
+    rates = [line for line in section.splitlines() if line.startswith("| ") and "images/s" not in line]
+    assert len(rates) == 3 and all(float(row.split("|")[2]) > 0 for row in rates)
+    assert re.search(r"takes \*\*\d+\.\d%\*\* of the training wall time", section)
