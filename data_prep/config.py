@@ -26,8 +26,19 @@ class PrepConfig(BaseModel):
     align: Literal["arcface", "sphereface", "none"] = "arcface"
     detect: bool = Field(
         default=False,
-        description="find the main face of folder images without a landmark row (dlib HOG "
-        "detector, the `detect` extra); no face or several similar faces: rejected",
+        description="find the main face and its five landmarks in folder images without a "
+        "landmark row (dlib, the `detect` extra); no face or several similar faces: rejected",
+    )
+    detector: Literal["hog", "cnn"] = Field(
+        default="hog",
+        description="--detect's face detector: dlib HOG, or the MMOD CNN (slower, finds more "
+        "faces: profile, small, dark)",
+    )
+    upsample: int | None = Field(
+        default=None,
+        ge=0,
+        description="--detect: upsample the image N times before detection (small faces); "
+        "default 1 below 400 px, else 0",
     )
     min_images: int = Field(default=1, ge=1, description="drop identities with fewer images")
     max_images: int | None = Field(
