@@ -40,11 +40,11 @@ NOSE_TIP_68 = 30
 MOUTH_LEFT_68, MOUTH_RIGHT_68 = 48, 54
 
 # The 68-point predictor was trained on HOG detector boxes; an MMOD box is framed differently
-# (smaller, lower), so it is mapped to the HOG frame first: left + dx w, top + dy h, scale s.
-# Medians over LFW images where both detectors found one face (benchmarks/detect_landmarks.py
-# --fit-mmod prints them).
-MMOD_TO_HOG_OFFSET = (-0.093, -0.119)
-MMOD_TO_HOG_SCALE = 1.187
+# (smaller, higher), so it is mapped to the HOG frame first: left + dx w, top + dy h, scale s.
+# Medians over 140 LFW images where both detectors found one face (seeded subset of 150,
+# `benchmarks/detect_landmarks.py --fit-mmod`).
+MMOD_TO_HOG_OFFSET = (0.017, 0.087)
+MMOD_TO_HOG_SCALE = 1.086
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,11 @@ def _import_dlib():
     if missing:
         raise PrepInputError(f"{hint}; {models} lacks {', '.join(missing)}")
     return dlib, models
+
+
+def require_extra() -> None:
+    """PrepInputError naming the `detect` extra unless dlib and the model files are installed."""
+    _import_dlib()
 
 
 def detection_available() -> bool:
