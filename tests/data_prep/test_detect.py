@@ -189,7 +189,8 @@ def test_prep_of_a_folder_without_landmarks_detects_faces(lfw_root, tmp_path):
     # The detected points put the real five points near the template.
     samples = list(wds.WebDataset(sorted(str(p) for p in (out / "shards").glob("*.tar"))))
     assert len(samples) == len(manifest)
-    # On 1180 LFW images: median 6.4 px, 99th percentile 13.8 px (mean over the five points).
+    # Mean over the five points, 112x112 crop: on these 9 images 1.2-4.4 px, median 2.8 px;
+    # the box crop this replaced gave a median of 6.4 px on 1180 LFW images.
     errors = {}
     for sample in samples:
         meta = json.loads(sample["json"])
@@ -199,4 +200,4 @@ def test_prep_of_a_folder_without_landmarks_detects_faces(lfw_root, tmp_path):
         np.testing.assert_array_equal(np.ravel(meta["landmarks"]), row["landmarks"])
         moved = transform_points(np.asarray(meta["transform"]), all_points[meta["source"]])
         errors[meta["source"]] = np.linalg.norm(moved - ARCFACE_112, axis=1).mean()
-    assert np.median(list(errors.values())) < 10.0 and max(errors.values()) < 25.0, errors
+    assert np.median(list(errors.values())) < 4.0 and max(errors.values()) < 8.0, errors
