@@ -26,8 +26,19 @@ class PrepConfig(BaseModel):
     align: Literal["arcface", "sphereface", "none"] = "arcface"
     detect: bool = Field(
         default=False,
-        description="find the main face of folder images without a landmark row (dlib HOG "
-        "detector, the `detect` extra); no face or several similar faces: rejected",
+        description="find the main face and its five landmarks in folder images without a "
+        "landmark row (dlib, the `detect` extra); no face or several similar faces: rejected",
+    )
+    detector: Literal["hog", "cnn"] = Field(
+        default="hog",
+        description="--detect's face detector: dlib HOG, or the MMOD CNN (slower, finds more "
+        "faces: profile, small, dark)",
+    )
+    upsample: int | None = Field(
+        default=None,
+        ge=0,
+        description="--detect: upsample the image N times before detection (small faces); "
+        "default 1 below 400 px, else 0",
     )
     min_images: int = Field(default=1, ge=1, description="drop identities with fewer images")
     max_images: int | None = Field(
@@ -45,9 +56,12 @@ class PrepConfig(BaseModel):
     reencode: bool = Field(
         default=False, description="with --align none: re-encode JPEGs that could pass through"
     )
-    image_library: Literal["pil", "opencv"] = Field(
-        default="pil",
-        description="decode/warp/encode with PIL, or OpenCV (faster; the `opencv` extra)",
+    image_library: Literal["auto", "pil", "opencv"] = Field(
+        default="auto",
+        validate_default=True,
+        description="decode/warp/encode with OpenCV (faster, measured in BENCHMARKS.md) or "
+        "PIL; auto = OpenCV when it imports, else PIL (resolved here, so dataset.json and the "
+        "resume fingerprint name the library that made the faces)",
     )
     max_image_pixels: int = Field(
         default=64_000_000, ge=1, description="larger images are rejected as decompression bombs"
@@ -65,6 +79,17 @@ class PrepConfig(BaseModel):
     workers: int | None = Field(default=None, ge=1, description="CPUs for embedded Ray")
     dry_run: bool = False
     progress: bool = True
+
+    @field_validator("image_library")
+    @classmethod
+    def _resolve_auto(cls, value: str) -> str:
+        if value != "auto":
+            return value
+        try:
+            import cv2  # noqa: F401
+        except ImportError:
+            return "pil"
+        return "opencv"
 
     @field_validator("val_identities")
     @classmethod

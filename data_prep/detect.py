@@ -1,32 +1,50 @@
-"""Optional face detection for images without landmarks (`detect: true`, the `detect` extra).
+"""Face detection and five landmarks for images without a landmark row (`--detect`).
 
-The detector is dlib's HOG frontal-face detector: its weights are compiled into the dlib
-library itself (wheel `dlib-bin`), so nothing is downloaded at run time. (OpenCV 5 no longer
-ships its Haar cascades in the opencv-python wheels.) The main face's box becomes a face box
-like a manifest's `left, top, width, height`, and from there the usual box alignment
-(`landmarks.box_to_landmarks`) makes the crop: a box crop, coarser than five real points.
+Everything ships inside installed packages (the `detect` extra), so nothing downloads at run
+time: dlib's HOG detector is compiled into dlib (wheel `dlib-bin`); the MMOD CNN detector and
+the 68-point shape predictor come in `face-recognition-models`. The main face's box goes to
+the 68-point predictor, and its points reduce to the template's five (eye centres, nose tip,
+mouth corners), which then align exactly like the points of a landmark file.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from facetrain.data_prep.errors import PrepInputError
 
 EXTRA = "detect"
+MODELS_PACKAGE = "face_recognition_models"
+PREDICTOR_68 = "shape_predictor_68_face_landmarks.dat"
+MMOD_DETECTOR = "mmod_human_face_detector.dat"
 REASON_NO_FACE = "no face detected"
 REASON_SEVERAL_FACES = "several faces, no clear main face"
 
+DetectorKind = Literal["hog", "cnn"]
+
 # A second face at least this fraction of the largest one's area leaves no clear main face.
 MAIN_FACE_AREA_RATIO = 0.8
-# dlib's box is tighter than the arcface crop: the crop box whose template points best fit the
-# real five points is (left - 0.12 w, top - 0.30 h, 1.21 w, 1.21 h), medians over 1014 LFW
-# images with the SphereFace authors' landmarks (spread about 0.1 w).
-CROP_BOX_OFFSET = (-0.12, -0.30)
-CROP_BOX_SCALE = 1.21
 # HOG finds faces from about 80 px; upsampling small images once reaches about 40 px.
 UPSAMPLE_BELOW_PIXELS = 400
+
+# iBUG 300-W 68-point scheme (0-based), the one dlib's shape_predictor_68_face_landmarks was
+# trained on: 36-41 the contour of the eye on the image's left (the subject's right eye),
+# 42-47 the other eye, 30 the nose tip, 48 and 54 the outer mouth corners.
+EYE_LEFT_68 = slice(36, 42)
+EYE_RIGHT_68 = slice(42, 48)
+NOSE_TIP_68 = 30
+MOUTH_LEFT_68, MOUTH_RIGHT_68 = 48, 54
+
+# The 68-point predictor was trained on HOG detector boxes; an MMOD box is framed differently
+# (smaller, higher), so it is mapped to the HOG frame first: left + dx w, top + dy h, scale s.
+# Medians over 140 LFW images where both detectors found one face (seeded subset of 150,
+# `benchmarks/detect_landmarks.py --fit-mmod`).
+MMOD_TO_HOG_OFFSET = (0.017, 0.087)
+MMOD_TO_HOG_SCALE = 1.086
 
 
 @dataclass(frozen=True)
@@ -35,22 +53,148 @@ class FaceBox:
     top: float
     width: float
     height: float
+    score: float = 0.0  # the detector's own score (HOG: SVM margin; MMOD: confidence)
 
     @property
     def area(self) -> float:
         return self.width * self.height
 
 
-def require_detector():
-    """dlib's frontal-face detector, or PrepInputError naming the extra to install."""
+@dataclass(frozen=True)
+class DetectedFace:
+    box: FaceBox
+    points: np.ndarray  # (5, 2) template order, source pixels
+
+
+class FaceDetector:
+    """A dlib face detector (HOG or MMOD) plus the 68-point shape predictor."""
+
+    def __init__(self, kind: DetectorKind = "hog", upsample: int | None = None) -> None:
+        dlib, models = _import_dlib()
+        if kind not in ("hog", "cnn"):
+            raise PrepInputError(f"detector {kind!r}: expected 'hog' or 'cnn'")
+        if upsample is not None and upsample < 0:
+            raise PrepInputError(f"upsample {upsample}: expected a count >= 0")
+        self.kind = kind
+        self.upsample = upsample
+        self._dlib = dlib
+        if kind == "hog":
+            self._hog = dlib.get_frontal_face_detector()
+        else:
+            self._mmod = dlib.cnn_face_detection_model_v1(str(models / MMOD_DETECTOR))
+        self._predictor = dlib.shape_predictor(str(models / PREDICTOR_68))
+
+    def find_faces(self, rgb: np.ndarray) -> list[FaceBox]:
+        """Every face in an 8-bit RGB (H, W, 3) array, in its pixel coordinates."""
+        pixels = np.ascontiguousarray(rgb, dtype=np.uint8)
+        upsample = self.upsample
+        if upsample is None:
+            upsample = 1 if max(rgb.shape[:2]) < UPSAMPLE_BELOW_PIXELS else 0
+        if self.kind == "hog":
+            rects, scores, _ = self._hog.run(pixels, upsample, 0.0)
+            return [
+                FaceBox(r.left(), r.top(), r.width(), r.height(), float(score))
+                for r, score in zip(rects, scores, strict=True)
+            ]
+        return [
+            FaceBox(d.rect.left(), d.rect.top(), d.rect.width(), d.rect.height(), d.confidence)
+            for d in self._mmod(pixels, upsample)
+        ]
+
+    def landmarks(self, rgb: np.ndarray, face: FaceBox) -> np.ndarray:
+        """The five template points of `face`, from the 68-point predictor."""
+        box = face if self.kind == "hog" else mmod_to_hog_frame(face)
+        rect = self._dlib.rectangle(
+            round(box.left),
+            round(box.top),
+            round(box.left + box.width) - 1,
+            round(box.top + box.height) - 1,
+        )
+        shape = self._predictor(np.ascontiguousarray(rgb, dtype=np.uint8), rect)
+        points = np.array([(shape.part(i).x, shape.part(i).y) for i in range(68)], np.float64)
+        return five_from_68(points)
+
+    def detect(self, rgb: np.ndarray) -> tuple[DetectedFace | None, str | None]:
+        """(the main face with its five points, None) or (None, reject reason)."""
+        face, reason = choose_main_face(self.find_faces(rgb))
+        if face is None:
+            return None, reason
+        return DetectedFace(face, self.landmarks(rgb, face)), None
+
+
+def _import_dlib():
+    """(dlib, the folder of face-recognition-models' model files).
+
+    The models package is located, not imported: its __init__ needs pkg_resources, which
+    current setuptools no longer ships; the .dat files are all that is used.
+    """
+    hint = (
+        f"face detection (--detect) needs the `{EXTRA}` extra: pip install 'facetrain[{EXTRA}]' "
+        "(dlib-bin and face-recognition-models; the detectors and the landmark model ship "
+        "inside them)"
+    )
     try:
         import dlib
     except ImportError as err:
-        raise PrepInputError(
-            f"face detection (--detect) needs the `{EXTRA}` extra: "
-            f"pip install 'facetrain[{EXTRA}]' (dlib-bin; its detector ships inside the wheel)"
-        ) from err
-    return dlib.get_frontal_face_detector()
+        raise PrepInputError(hint) from err
+    try:
+        spec = importlib.util.find_spec(MODELS_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise PrepInputError(hint)
+    models = Path(next(iter(spec.submodule_search_locations))) / "models"
+    missing = [name for name in (PREDICTOR_68, MMOD_DETECTOR) if not (models / name).is_file()]
+    if missing:
+        raise PrepInputError(f"{hint}; {models} lacks {', '.join(missing)}")
+    return dlib, models
+
+
+def require_extra() -> None:
+    """PrepInputError naming the `detect` extra unless dlib and the model files are installed."""
+    _import_dlib()
+
+
+def detection_available() -> bool:
+    """Whether the `detect` extra is installed (dlib and the model files)."""
+    try:
+        _import_dlib()
+    except PrepInputError:
+        return False
+    return True
+
+
+def require_detector(kind: DetectorKind = "hog", upsample: int | None = None) -> FaceDetector:
+    """A FaceDetector, or PrepInputError naming the extra to install."""
+    return FaceDetector(kind, upsample)
+
+
+def five_from_68(points: np.ndarray) -> np.ndarray:
+    """(5, 2) left eye, right eye, nose tip, left and right mouth corner from 68 iBUG points."""
+    points = np.asarray(points, dtype=np.float64)
+    if points.shape != (68, 2):
+        raise ValueError(f"five_from_68: expected (68, 2) points, got {points.shape}")
+    return np.stack(
+        [
+            points[EYE_LEFT_68].mean(axis=0),
+            points[EYE_RIGHT_68].mean(axis=0),
+            points[NOSE_TIP_68],
+            points[MOUTH_LEFT_68],
+            points[MOUTH_RIGHT_68],
+        ]
+    )
+
+
+def mmod_to_hog_frame(face: FaceBox) -> FaceBox:
+    """An MMOD box moved and scaled to where the HOG detector would put the same face."""
+    width, height = MMOD_TO_HOG_SCALE * face.width, MMOD_TO_HOG_SCALE * face.height
+    return FaceBox(
+        face.left + MMOD_TO_HOG_OFFSET[0] * face.width,
+        face.top + MMOD_TO_HOG_OFFSET[1] * face.height,
+        width,
+        height,
+        face.score,
+    )
 
 
 def choose_main_face(boxes: list[FaceBox]) -> tuple[FaceBox | None, str | None]:
@@ -61,21 +205,3 @@ def choose_main_face(boxes: list[FaceBox]) -> tuple[FaceBox | None, str | None]:
     if len(by_area) > 1 and by_area[1].area >= MAIN_FACE_AREA_RATIO * by_area[0].area:
         return None, REASON_SEVERAL_FACES
     return by_area[0], None
-
-
-def find_faces(rgb: np.ndarray, detector) -> list[FaceBox]:
-    """Every frontal face dlib finds in an 8-bit RGB (H, W, 3) array, in its pixel coordinates."""
-    upsample = 1 if max(rgb.shape[:2]) < UPSAMPLE_BELOW_PIXELS else 0
-    rects = detector(np.ascontiguousarray(rgb, dtype=np.uint8), upsample)
-    return [FaceBox(r.left(), r.top(), r.width(), r.height()) for r in rects]
-
-
-def crop_box(face: FaceBox) -> tuple[float, float, float, float]:
-    """The detector's face box as the `left, top, width, height` box that the arcface
-    template fills (what a manifest's face box means)."""
-    return (
-        face.left + CROP_BOX_OFFSET[0] * face.width,
-        face.top + CROP_BOX_OFFSET[1] * face.height,
-        CROP_BOX_SCALE * face.width,
-        CROP_BOX_SCALE * face.height,
-    )

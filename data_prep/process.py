@@ -136,5 +136,8 @@ def _provenance(row: dict, matrix: np.ndarray | None, config: PrepConfig) -> byt
         "landmarks": np.reshape(points, (5, 2)).tolist() if points else None,
         "transform": matrix.tolist() if matrix is not None else None,
         "template": config.align if matrix is not None else None,
+        # --detect: the main face's detector score (null for points from a landmark file), for
+        # quality weighting downstream (IJB-style).
+        "detector_score": row["detector_score"],
     }
     return json.dumps(record, sort_keys=True).encode()

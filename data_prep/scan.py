@@ -17,7 +17,6 @@ import pyarrow as pa
 from facetrain.data_prep.align import alignment_matrix, get_template, transform_scale
 from facetrain.data_prep.config import PrepConfig
 from facetrain.data_prep.images import ImageError, decode_rgb, open_image, read_file
-from facetrain.data_prep.landmarks import box_to_landmarks
 from facetrain.data_prep.recordio import IndexedRecordFile, RecordIOError
 from facetrain.data_prep.sources import Chunk, FolderChunk, RecChunk
 
@@ -38,6 +37,7 @@ SCAN_SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("landmarks", pa.list_(pa.float64(), 10)),
         ("face_size", pa.float64()),  # source pixels across the output crop
+        ("detector_score", pa.float64()),  # --detect: the main face's detector score; else null
         ("reason", pa.string()),  # null: usable
     ]
 )
@@ -65,6 +65,7 @@ def _row(
     landmarks: tuple[float, ...] | None = None,
     face_size: float | None = None,
     reason: str | None = None,
+    detector_score: float | None = None,
 ) -> dict:
     """One SCAN_SCHEMA row; `data` (the file's bytes) gives its hash and size."""
     return {
@@ -77,6 +78,7 @@ def _row(
         "height": size[1],
         "landmarks": list(landmarks) if landmarks is not None else None,
         "face_size": face_size,
+        "detector_score": detector_score,
         "reason": reason,
     }
 
@@ -87,7 +89,7 @@ def _scan_folder(chunk: FolderChunk, config: PrepConfig):
     if config.detect and config.align != "none":
         from facetrain.data_prep.detect import require_detector
 
-        detector = require_detector()
+        detector = require_detector(config.detector, config.upsample)
     for entry in chunk.entries:
         try:
             data = read_file(root / entry.relpath)
@@ -100,10 +102,10 @@ def _scan_folder(chunk: FolderChunk, config: PrepConfig):
             row = _row(entry.identity, entry.relpath, data=data, size=size, face_size=min(size))
             yield Scanned(row, data, image)
             continue
-        landmarks = entry.landmarks
+        landmarks, score = entry.landmarks, None
         if landmarks is None and detector is not None:
             try:
-                landmarks, reason = detected_landmarks(image, entry.relpath, detector)
+                landmarks, score, reason = detected_landmarks(image, entry.relpath, detector)
             except ImageError as err:
                 landmarks, reason = None, err.reason
             if reason is not None:
@@ -126,27 +128,28 @@ def _scan_folder(chunk: FolderChunk, config: PrepConfig):
             landmarks=landmarks,
             face_size=face_size,
             reason=reason,
+            detector_score=score,
         )
         yield Scanned(row, data, image, matrix)
 
 
-def detected_landmarks(image, name: str, detector) -> tuple[tuple[float, ...] | None, str | None]:
-    """(five points of the main face's box, None) or (None, reject reason), in source pixels.
-
-    The points are the template's placed in the face box, as for a manifest's box column.
-    """
-    from facetrain.data_prep.detect import choose_main_face, crop_box, find_faces
-
+def detected_landmarks(
+    image, name: str, detector
+) -> tuple[tuple[float, ...] | None, float | None, str | None]:
+    """(five points of the main face, its detector score, None) or (None, None, reject reason),
+    in source pixels: the detector's box, then the 68-point predictor reduced to five."""
     width, height = image.size
-    # Large JPEGs are detected on a reduced decode (libjpeg scaling); boxes are scaled back.
+    # Large JPEGs are detected on a reduced decode (libjpeg scaling); points are scaled back.
     shrink = min(1.0, DETECT_MAX_SIDE / max(width, height))
     rgb = decode_rgb(image, name, draft_size=(width * shrink, height * shrink))
     scale = width / rgb.width
-    face, reason = choose_main_face(find_faces(np.asarray(rgb), detector))
+    face, reason = detector.detect(np.asarray(rgb))
     if face is None:
-        return None, reason
-    box = np.asarray(crop_box(face), dtype=np.float64) * scale
-    return tuple(box_to_landmarks(*box).ravel().tolist()), None
+        return None, None, reason
+    # Pixel centres sit at integers in both images (OpenCV convention), so a reduced image's
+    # point q is the source point scale * q + (scale - 1) / 2.
+    points = face.points * scale + (scale - 1) / 2
+    return tuple(points.ravel().tolist()), float(face.box.score), None
 
 
 def landmark_problem(

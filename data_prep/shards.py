@@ -40,6 +40,11 @@ MANIFEST_SCHEMA = pa.schema(
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("bytes", pa.int64()),
+        # The five source points the face was aligned from (x1 y1 .. x5 y5; null for faces
+        # kept as they were) and, with --detect, the main face's detector score. A plain list:
+        # Parquet reads nulls of a fixed-size list back as empty lists and then fails.
+        ("landmarks", pa.list_(pa.float64())),
+        ("detector_score", pa.float64()),
     ]
 )
 
@@ -96,6 +101,11 @@ def write_shard(name: str, rows: pa.Table, config: PrepConfig) -> dict:
         writer.close()
     width, height = aligned_size(config)
     count = rows.num_rows
+    records = [json.loads(provenance) for provenance in provenances]
+    landmarks = [
+        np.ravel(record["landmarks"]).tolist() if record.get("landmarks") else None
+        for record in records
+    ]
     manifest = pa.table(
         {
             "key": rows.column("key"),
@@ -108,6 +118,10 @@ def write_shard(name: str, rows: pa.Table, config: PrepConfig) -> dict:
             "width": pa.array(np.full(count, width, np.int32)),
             "height": pa.array(np.full(count, height, np.int32)),
             "bytes": pa.compute.binary_length(faces.column("jpg")).cast(pa.int64()),
+            "landmarks": pa.array(landmarks, pa.list_(pa.float64())),
+            "detector_score": pa.array(
+                [record.get("detector_score") for record in records], pa.float64()
+            ),
         },
         schema=MANIFEST_SCHEMA,
     )

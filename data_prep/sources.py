@@ -129,7 +129,7 @@ def open_source(config: PrepConfig) -> Source:
 
 def _check_detection(path: Path, config: PrepConfig) -> None:
     """--detect is for unaligned image folders, and needs its extra installed (exit 2 else)."""
-    from facetrain.data_prep.detect import require_detector
+    from facetrain.data_prep.detect import require_extra
 
     if path.suffix == ".rec":
         raise PrepInputError(
@@ -139,7 +139,7 @@ def _check_detection(path: Path, config: PrepConfig) -> None:
         raise PrepInputError(
             "--detect needs an alignment template (arcface or sphereface), not none"
         )
-    require_detector()
+    require_extra()  # only the check: loading the models is the process tasks' work
 
 
 def _open_rec(path: Path) -> Source:

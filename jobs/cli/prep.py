@@ -44,7 +44,20 @@ def register(subparsers) -> None:
         "--detect",
         action="store_true",
         default=None,
-        help="find the main face of images without a landmark row (extra: facetrain[detect])",
+        help="find the main face and its five landmarks in images without a landmark row "
+        "(extra: facetrain[detect])",
+    )
+    parser.add_argument(
+        "--detector",
+        choices=["hog", "cnn"],
+        help="with --detect: dlib HOG (default), or the MMOD CNN (slower, finds more faces)",
+    )
+    parser.add_argument(
+        "--upsample",
+        type=int,
+        metavar="N",
+        help="with --detect: upsample N times before detecting (small faces; default 1 "
+        "below 400 px, else 0)",
     )
     parser.add_argument(
         "--min-images", type=int, metavar="N", help="drop identities with fewer images"
@@ -87,6 +100,8 @@ _FLAG_KEYS = (
     "landmarks",
     "align",
     "detect",
+    "detector",
+    "upsample",
     "min_images",
     "max_images",
     "shard_size",

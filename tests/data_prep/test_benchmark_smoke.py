@@ -15,7 +15,8 @@ def test_prep_throughput_quick_run_reports_a_table(monkeypatch):
     module = importlib.import_module("prep_throughput")
     report = module.main(["--quick", "--workers", "2"])  # starts and stops its own local Ray
     assert "| images | method | count | median s | best s |" in report
-    assert "facetrain run_prep on Ray, end to end" in report and "run_prep time by phase" in report
+    assert "facetrain run_prep on Ray (" in report and "run_prep time by phase" in report
+    assert "run_prep vs the bare PIL Pool" in report
     assert "enlarged to 250x250" in report
 
 

@@ -1,4 +1,4 @@
-"""Optional face detection (`--detect`, the `detect` extra: dlib's HOG detector)."""
+"""Optional face detection (`--detect`, the `detect` extra: dlib detectors + 68-point model)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,19 @@ from facetrain.data_prep.detect import (
     REASON_SEVERAL_FACES,
     FaceBox,
     choose_main_face,
+    detection_available,
+    five_from_68,
 )
 from facetrain.data_prep.landmarks import read_landmarks
 from facetrain.jobs.cli import main
 from PIL import Image
 
 LFW_IMAGES = 20
+
+
+def _needs_the_detect_extra() -> None:
+    if not detection_available():
+        pytest.skip("the `detect` extra (dlib-bin, face-recognition-models) is not installed")
 
 
 def test_main_face_is_the_largest_unless_a_second_is_close_in_size():
@@ -34,10 +41,41 @@ def test_main_face_is_the_largest_unless_a_second_is_close_in_size():
     assert choose_main_face([big, twin, small]) == (None, REASON_SEVERAL_FACES)
 
 
+def test_five_points_from_68_are_eye_centres_nose_tip_and_mouth_corners():
+    rng = np.random.default_rng(3)
+    points = rng.uniform(0, 150, (68, 2))
+    # iBUG 300-W numbering (1-based in its documentation): eyes 37-42 and 43-48, nose tip
+    # 31, mouth corners 49 and 55; written out one coordinate at a time.
+    expected = np.zeros((5, 2))
+    for axis in (0, 1):
+        expected[0, axis] = sum(points[i - 1, axis] for i in range(37, 43)) / 6
+        expected[1, axis] = sum(points[i - 1, axis] for i in range(43, 49)) / 6
+        expected[2, axis] = points[31 - 1, axis]
+        expected[3, axis] = points[49 - 1, axis]
+        expected[4, axis] = points[55 - 1, axis]
+    np.testing.assert_allclose(five_from_68(points), expected, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"\(68, 2\)"):
+        five_from_68(points[:5])
+
+
+def test_detector_and_upsample_flags_reach_the_config(tmp_path):
+    from facetrain.jobs.cli import build_parser
+    from facetrain.jobs.cli.prep import build_config
+
+    args = build_parser().parse_args(
+        ["prep", str(tmp_path), "--out", str(tmp_path / "o"), "--detect", "--detector", "cnn",
+         "--upsample", "2"]
+    )  # fmt: skip
+    config = build_config(args)
+    assert (config.detect, config.detector, config.upsample) == (True, "cnn", 2)
+    defaults = build_config(build_parser().parse_args(["prep", str(tmp_path), "--out", "o"]))
+    assert (defaults.detector, defaults.upsample) == ("hog", None)
+
+
 def test_without_the_extra_detection_is_a_usage_error_naming_it(tmp_path, monkeypatch, capsys):
     (tmp_path / "faces" / "ann").mkdir(parents=True)
     Image.new("RGB", (64, 64)).save(tmp_path / "faces" / "ann" / "a.jpg")
-    monkeypatch.setitem(sys.modules, "dlib", None)  # `import dlib` now raises ImportError
+    monkeypatch.setitem(sys.modules, "face_recognition_models", None)  # ImportError on import
     args = ["prep", str(tmp_path / "faces"), "--out", str(tmp_path / "o"), "--detect"]
     assert main([*args, "--no-progress", "--set", "executor=inline"]) == 2
     assert "facetrain[detect]" in capsys.readouterr().err
@@ -56,7 +94,7 @@ def _lfw_sample(lfw_root) -> dict[str, np.ndarray]:
     }
 
 
-def _detect(image: Image.Image):
+def _detect(image: Image.Image, kind: str = "hog"):
     from facetrain.data_prep.detect import require_detector
     from facetrain.data_prep.images import open_image
     from facetrain.data_prep.scan import detected_landmarks
@@ -64,46 +102,39 @@ def _detect(image: Image.Image):
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     header = open_image(buffer.getvalue(), "test.png")
-    return detected_landmarks(header, "test.png", require_detector())
+    points, score, reason = detected_landmarks(header, "test.png", require_detector(kind))
+    assert (points is None) == (score is None) == (reason is not None)
+    return points, reason
 
 
-def _landmark_crop_box(points: np.ndarray) -> np.ndarray:
-    """left, top, right, bottom of the square whose arcface template best fits five points
-    (float64 least squares, written out independently of data_prep)."""
-    unit = ARCFACE_112 / 112.0
-    design = np.zeros((10, 3))
-    design[0::2, 0], design[1::2, 1] = 1.0, 1.0
-    design[0::2, 2], design[1::2, 2] = unit[:, 0], unit[:, 1]
-    left, top, side = np.linalg.lstsq(design, points.ravel(), rcond=None)[0]
-    return np.array([left, top, left + side, top + side])
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+def _nme(detected: np.ndarray, reference: np.ndarray) -> float:
+    """Mean point error over the reference inter-ocular distance (float64, written out here)."""
+    inter_ocular = np.hypot(*(reference[0] - reference[1]))
+    return float(
+        np.mean([np.hypot(*(d - r)) for d, r in zip(detected, reference, strict=True)])
+        / inter_ocular
+    )
 
 
 @pytest.mark.lfw
-def test_detector_finds_the_main_face_of_real_lfw_images(lfw_root):
-    pytest.importorskip("dlib")
-    sample = _lfw_sample(lfw_root)
-    found = 0
-    for relpath, true_points in sample.items():
-        points, reason = _detect(Image.open(lfw_root / "images" / relpath))
-        if points is None:
-            continue
-        found += 1
-        detected = np.asarray(points).reshape(5, 2)
-        iou = _iou(_landmark_crop_box(detected), _landmark_crop_box(true_points))
-        assert iou > 0.6, (relpath, iou)
-    assert found >= 0.8 * len(sample), f"{found} of {len(sample)} images gave one main face"
+@pytest.mark.parametrize(("kind", "images"), [("hog", LFW_IMAGES), ("cnn", 8)])
+def test_detected_five_points_match_the_reference_landmarks_of_lfw(lfw_root, kind, images):
+    """The issue's bar (median NME <= 0.05 over LFW) on a fixed subset; the benchmark,
+    benchmarks/detect_landmarks.py, measures it on more images."""
+    _needs_the_detect_extra()
+    errors = []
+    for relpath, true_points in list(_lfw_sample(lfw_root).items())[:images]:
+        points, _ = _detect(Image.open(lfw_root / "images" / relpath), kind)
+        if points is not None:
+            errors.append(_nme(np.asarray(points).reshape(5, 2), true_points))
+    assert len(errors) >= 0.8 * images, f"{kind}: {len(errors)} of {images} images gave a face"
+    assert np.median(errors) <= 0.05, (kind, sorted(errors))
+    assert max(errors) < 0.25, (kind, sorted(errors))
 
 
 @pytest.mark.lfw
 def test_blank_noise_and_two_equal_faces_are_rejected_with_their_reason(lfw_root):
-    pytest.importorskip("dlib")
+    _needs_the_detect_extra()
     rng = np.random.default_rng(0)
     assert _detect(Image.new("RGB", (150, 150), (128, 128, 128))) == (None, REASON_NO_FACE)
     noise = Image.fromarray(rng.integers(0, 256, (150, 150, 3), dtype=np.uint8))
@@ -120,7 +151,7 @@ def test_blank_noise_and_two_equal_faces_are_rejected_with_their_reason(lfw_root
 
 @pytest.mark.lfw
 def test_prep_of_a_folder_without_landmarks_detects_faces(lfw_root, tmp_path):
-    pytest.importorskip("dlib")
+    _needs_the_detect_extra()
     all_points = read_landmarks(lfw_root / "landmarks.txt")
     root = tmp_path / "faces"
     chosen = []
@@ -152,14 +183,21 @@ def test_prep_of_a_folder_without_landmarks_detects_faces(lfw_root, tmp_path):
         "Laura_Bush/blank.jpg",
         "Colin_Powell/pair.jpg",
     }
-    # The box crop puts the real five points near the template (a box is coarser than points).
+    # Detected points, and the detector's score, travel with each face for later weighting.
+    for row in manifest:
+        assert len(row["landmarks"]) == 10 and np.isfinite(row["detector_score"]), row
+    # The detected points put the real five points near the template.
     samples = list(wds.WebDataset(sorted(str(p) for p in (out / "shards").glob("*.tar"))))
     assert len(samples) == len(manifest)
-    # On 1180 LFW images: median 6.4 px, 99th percentile 13.8 px (mean over the five points).
+    # Mean over the five points, 112x112 crop: on these 9 images 1.2-4.4 px, median 2.8 px;
+    # the box crop this replaced gave a median of 6.4 px on 1180 LFW images.
     errors = {}
     for sample in samples:
         meta = json.loads(sample["json"])
         assert Image.open(io.BytesIO(sample["jpg"])).size == (112, 112)
+        row = next(row for row in manifest if row["source"] == meta["source"])
+        assert meta["detector_score"] == row["detector_score"]
+        np.testing.assert_array_equal(np.ravel(meta["landmarks"]), row["landmarks"])
         moved = transform_points(np.asarray(meta["transform"]), all_points[meta["source"]])
         errors[meta["source"]] = np.linalg.norm(moved - ARCFACE_112, axis=1).mean()
-    assert np.median(list(errors.values())) < 10.0 and max(errors.values()) < 25.0, errors
+    assert np.median(list(errors.values())) < 4.0 and max(errors.values()) < 8.0, errors

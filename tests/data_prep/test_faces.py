@@ -1,6 +1,7 @@
 """The per-image work of the process task: reduced-scale decode agrees with a full decode."""
 
 import io
+import sys
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ def test_reduced_decode_matches_full_resolution_alignment(monkeypatch):
         return image
 
     monkeypatch.setattr(faces, "decode_rgb", recording_decode_rgb)
-    config = PrepConfig(source="s", out="o")
+    config = PrepConfig(source="s", out="o", image_library="pil")  # PIL's reduced decode
     jpg, size, matrix = faces.process_image(data, points.ravel().tolist(), config, "big.jpg")
     # The face spans 7x the output: 1/4 is the largest reduction that keeps >= 1/7 of the size.
     assert decoded_sizes == [(450, 350)]
@@ -81,6 +82,14 @@ def test_opencv_path_matches_the_pil_path():
             assert size == (112, 112)
             assert np.abs(dot_centres(outputs[library], template) - template).max() < 1.0
         assert np.abs(outputs["pil"] - outputs["opencv"]).mean() < 3.0, (canvas, fmt)
+
+
+def test_auto_library_is_opencv_when_it_imports_else_pil(monkeypatch):
+    pytest.importorskip("cv2")
+    assert PrepConfig(source="s", out="o").image_library == "opencv"
+    assert PrepConfig(source="s", out="o", image_library="pil").image_library == "pil"
+    monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` now raises ImportError
+    assert PrepConfig(source="s", out="o").image_library == "pil"
 
 
 def test_opencv_path_refuses_a_cut_off_jpeg():

@@ -180,19 +180,22 @@ def test_ray_tasks_write_byte_identical_shards(ray_session, inline_run, syntheti
 
 def test_opencv_library_gives_the_same_samples_and_rejects(inline_run, synthetic, tmp_path):
     pytest.importorskip("cv2")
-    out_pil, _ = inline_run
-    out = tmp_path / "cv"
-    run_prep(_config(synthetic, out, image_library="opencv"))
+    out_default, _ = inline_run
+    # The default (`auto`) is OpenCV once cv2 imports: compare against the other library.
+    default = json.loads((out_default / "dataset.json").read_text())["config"]["image_library"]
+    assert default == "opencv"
+    out = tmp_path / "pil"
+    run_prep(_config(synthetic, out, image_library="pil"))
     for name in ("manifest.parquet", "rejects.parquet"):
         ours = pq.read_table(out / name).drop_columns(
             ["bytes"] if name == "manifest.parquet" else []
         )
-        theirs = pq.read_table(out_pil / name).drop_columns(
+        theirs = pq.read_table(out_default / name).drop_columns(
             ["bytes"] if name == "manifest.parquet" else []
         )
         assert ours.equals(theirs), name
     template = TEMPLATES["arcface"].points
-    for tar in sorted((out / "shards").glob("*.tar")):
+    for tar in sorted((out_default / "shards").glob("*.tar")):
         for sample in wds.WebDataset(str(tar), shardshuffle=False):
             pixels = np.asarray(Image.open(io.BytesIO(sample["jpg"])).convert("RGB"))
             assert np.abs(dot_centres(pixels, template) - template).max() < 1.0

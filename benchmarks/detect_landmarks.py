@@ -1,0 +1,171 @@
+"""Detected five landmarks vs LFW's reference landmarks: error, failures and speed per detector.
+
+For a seeded random subset of LFW (../shared/data/lfw; `--images 0` = all 13,232), each
+detector (`hog`, `cnn`) runs exactly as `facetrain prep --detect` does
+(`scan.detected_landmarks`: main face -> 68-point predictor -> five points). Reported:
+
+- NME: per image, the mean distance of the five detected points to the reference ones,
+  divided by the reference inter-ocular distance (eye centres); mean, median, p90 over
+  images, and per point.
+- failures: no face / no clear main face, or a main face whose box does not contain all
+  five reference points.
+- speed: images per second, one process, for detect + landmarks + align + JPEG encode,
+  against align + encode from the landmark file on the same images (measured in the run).
+- `--fit-mmod`: the MMOD -> HOG box mapping (medians over images where both find one face),
+  the constants in data_prep/detect.py.
+
+    python benchmarks/detect_landmarks.py [--images 300] [--cnn-images 150] [--seed 0]
+        [--detectors hog cnn] [--fit-mmod]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+LFW = REPO.parent / "shared" / "data" / "lfw"
+POINT_NAMES = ("left eye", "right eye", "nose", "left mouth", "right mouth")
+
+
+def _subset(count: int, seed: int) -> list[tuple[str, np.ndarray]]:
+    from facetrain.data_prep.landmarks import read_landmarks
+
+    points = read_landmarks(LFW / "landmarks.txt")
+    present = sorted(rel for rel in points if (LFW / "images" / rel).exists())
+    if count:
+        present = sorted(random.Random(seed).sample(present, min(count, len(present))))
+    return [(rel, np.asarray(points[rel], np.float64).reshape(5, 2)) for rel in present]
+
+
+def _nme(detected: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per-point error over the reference inter-ocular distance."""
+    inter_ocular = np.linalg.norm(reference[0] - reference[1])
+    return np.linalg.norm(detected - reference, axis=1) / inter_ocular
+
+
+def measure(kind: str, sample: list[tuple[str, np.ndarray]]) -> dict:
+    """Prep's path for 150x150 LFW images (`scan.detected_landmarks` decodes them whole, so
+    its points are the detector's): decode, detect, 68 -> 5 points, align, JPEG-encode."""
+    from facetrain.data_prep.align import align_face
+    from facetrain.data_prep.detect import FaceDetector
+    from facetrain.data_prep.images import decode_rgb, encode_jpeg, open_image
+
+    detector = FaceDetector(kind)
+    errors, failures, reasons = [], 0, {}
+    start = time.perf_counter()
+    for relpath, reference in tqdm(sample, desc=kind, leave=False):
+        data = (LFW / "images" / relpath).read_bytes()
+        image = decode_rgb(open_image(data, relpath), relpath)
+        face, reason = detector.detect(np.asarray(image))
+        if face is None:
+            failures += 1
+            reasons[reason] = reasons.get(reason, 0) + 1
+            continue
+        encode_jpeg(align_face(image, face.points), 95)
+        box = face.box
+        inside = (
+            (reference[:, 0] >= box.left)
+            & (reference[:, 0] <= box.left + box.width)
+            & (reference[:, 1] >= box.top)
+            & (reference[:, 1] <= box.top + box.height)
+        )
+        if not inside.all():
+            failures += 1
+            reasons["box misses the reference points"] = (
+                reasons.get("box misses the reference points", 0) + 1
+            )
+            continue
+        errors.append(_nme(face.points, reference))
+    seconds = time.perf_counter() - start
+    per_point = np.array(errors)
+    per_image_nme = per_point.mean(axis=1)
+    return {
+        "images": len(sample),
+        "failures": failures,
+        "reasons": reasons,
+        "nme_mean": float(per_image_nme.mean()),
+        "nme_median": float(np.median(per_image_nme)),
+        "nme_p90": float(np.percentile(per_image_nme, 90)),
+        "per_point_median": np.median(per_point, axis=0),
+        "per_point_p90": np.percentile(per_point, 90, axis=0),
+        "images_per_s": len(sample) / seconds,
+    }
+
+
+def baseline_speed(sample: list[tuple[str, np.ndarray]]) -> float:
+    """Images per second aligning from the landmark file (decode + align + encode)."""
+    from facetrain.data_prep.align import align_face
+    from facetrain.data_prep.images import encode_jpeg, open_image
+
+    chosen = sample[: min(len(sample), 300)]
+    start = time.perf_counter()
+    for relpath, reference in chosen:
+        data = (LFW / "images" / relpath).read_bytes()
+        encode_jpeg(align_face(open_image(data, relpath), reference), 95)
+    return len(chosen) / (time.perf_counter() - start)
+
+
+def fit_mmod(sample: list[tuple[str, np.ndarray]]) -> None:
+    from facetrain.data_prep.detect import FaceDetector
+    from PIL import Image
+
+    hog, cnn = FaceDetector("hog"), FaceDetector("cnn")
+    offsets = []
+    for relpath, _ in tqdm(sample, desc="fit mmod", leave=False):
+        rgb = np.asarray(Image.open(LFW / "images" / relpath).convert("RGB"))
+        hog_boxes, cnn_boxes = hog.find_faces(rgb), cnn.find_faces(rgb)
+        if len(hog_boxes) != 1 or len(cnn_boxes) != 1:
+            continue
+        h, c = hog_boxes[0], cnn_boxes[0]
+        offsets.append(((h.left - c.left) / c.width, (h.top - c.top) / c.height, h.width / c.width))
+    dx, dy, scale = np.median(np.array(offsets), axis=0)
+    print(f"MMOD -> HOG over {len(offsets)} images: offset ({dx:.3f}, {dy:.3f}), scale {scale:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=300, help="HOG subset (0: all of LFW)")
+    parser.add_argument("--cnn-images", type=int, default=150, help="CNN subset (0: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--detectors", nargs="+", default=["hog", "cnn"], choices=["hog", "cnn"])
+    parser.add_argument("--fit-mmod", action="store_true")
+    args = parser.parse_args()
+    if args.fit_mmod:
+        fit_mmod(_subset(args.cnn_images, args.seed + 1))
+        return
+    rows = []
+    for kind, count in (("hog", args.images), ("cnn", args.cnn_images)):
+        if kind not in args.detectors:
+            continue
+        sample = _subset(count, args.seed)
+        result = measure(kind, sample)
+        result["baseline_per_s"] = baseline_speed(sample)
+        rows.append((kind, result))
+    print(
+        "| detector | images | NME mean | median | p90 | failures | img/s | "
+        "img/s from landmark file | ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for kind, r in rows:
+        print(
+            f"| {kind} | {r['images']} | {r['nme_mean']:.3f} | {r['nme_median']:.3f} | "
+            f"{r['nme_p90']:.3f} | {r['failures']} ({100 * r['failures'] / r['images']:.1f} %) | "
+            f"{r['images_per_s']:.1f} | {r['baseline_per_s']:.0f} | "
+            f"{r['images_per_s'] / r['baseline_per_s']:.3f} |"
+        )
+    for kind, r in rows:
+        print(f"\n{kind}: failure reasons {r['reasons']}")
+        for name, median, p90 in zip(
+            POINT_NAMES, r["per_point_median"], r["per_point_p90"], strict=True
+        ):
+            print(f"  {name:12s} NME median {median:.3f}  p90 {p90:.3f}")
+
+
+if __name__ == "__main__":
+    main()
