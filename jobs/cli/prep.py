@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -167,17 +168,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_writable(out: str) -> None:
-    """A local --out that cannot be created or written is the user's argument (exit 2)."""
+    """A local --out that cannot be created or written is the user's argument (exit 2).
+    Checked on the nearest folder that exists, so a refused run leaves nothing behind."""
     if "://" in out:
         return
-    path = Path(out)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".facetrain-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise UsageError(f"--out {out}: cannot write there ({err.strerror or err})") from None
+    existing = Path(out).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--out {out}: cannot write there ({existing} is a file, not a folder)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: cannot write there (no write permission on {existing})")
 
 
 def verify(out: str) -> int:
