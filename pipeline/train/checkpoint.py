@@ -639,6 +639,7 @@ def choose_checkpoint(
     from facetrain.pipeline.train.collectives import all_ranks_true
 
     skipped: list[str] = []
+    unsafe = False  # any refused as not plain data: the error says how to convert
     candidates = _candidates(Path(root))
     for candidate in candidates:
         try:
@@ -647,6 +648,9 @@ def choose_checkpoint(
         except _Unloadable as err:
             loaded = None
             reason = str(err)
+            unsafe = unsafe or isinstance(err.__context__, UnsafeCheckpointError) or (
+                "UnsafeCheckpointError" in reason
+            )
         everywhere = (
             all_ranks_true(loaded is not None, trainer.device, trainer.group)
             if trainer is not None
@@ -658,7 +662,9 @@ def choose_checkpoint(
             return candidate, loaded
         skipped.append(f"{candidate} ({reason or 'fails to load on another rank'})")
     if skipped:
-        raise ValueError(
+        # Never a silent fresh start: an unsafe (old-format or tampered) set is refused.
+        error = UnsafeCheckpointError if unsafe else ValueError
+        raise error(
             f"checkpoint.dir {root}: no checkpoint loads completely: " + "; ".join(skipped)
         )
     return None
