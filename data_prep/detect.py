@@ -10,6 +10,7 @@ mouth corners), which then align exactly like the points of a landmark file.
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,8 +27,11 @@ REASON_SEVERAL_FACES = "several faces, no clear main face"
 
 DetectorKind = Literal["hog", "cnn"]
 
-# A second face at least this fraction of the largest one's area leaves no clear main face.
+# Faces at least this fraction of the largest one's area are "close in size": among them, the
+# one nearest the image centre is the main face (datasets crop around their subject), unless
+# another is nearly as central, by less than this fraction of the largest face's width.
 MAIN_FACE_AREA_RATIO = 0.8
+MAIN_FACE_CENTRE_MARGIN = 0.5
 # HOG finds faces from about 80 px; upsampling small images once reaches about 40 px.
 UPSAMPLE_BELOW_PIXELS = 400
 
@@ -101,9 +105,13 @@ class FaceDetector:
             for d in self._mmod(pixels, upsample)
         ]
 
+    def landmark_box(self, face: FaceBox) -> FaceBox:
+        """The box the 68-point predictor reads `face` in: HOG's frame, which it was trained on."""
+        return face if self.kind == "hog" else mmod_to_hog_frame(face)
+
     def landmarks(self, rgb: np.ndarray, face: FaceBox) -> np.ndarray:
         """The five template points of `face`, from the 68-point predictor."""
-        box = face if self.kind == "hog" else mmod_to_hog_frame(face)
+        box = self.landmark_box(face)
         rect = self._dlib.rectangle(
             round(box.left),
             round(box.top),
@@ -116,7 +124,8 @@ class FaceDetector:
 
     def detect(self, rgb: np.ndarray) -> tuple[DetectedFace | None, str | None]:
         """(the main face with its five points, None) or (None, reject reason)."""
-        face, reason = choose_main_face(self.find_faces(rgb))
+        height, width = rgb.shape[:2]
+        face, reason = choose_main_face(self.find_faces(rgb), (width, height))
         if face is None:
             return None, reason
         return DetectedFace(face, self.landmarks(rgb, face)), None
@@ -197,11 +206,27 @@ def mmod_to_hog_frame(face: FaceBox) -> FaceBox:
     )
 
 
-def choose_main_face(boxes: list[FaceBox]) -> tuple[FaceBox | None, str | None]:
-    """(the largest face, None), or (None, reject reason) when there is no clear main face."""
+def choose_main_face(
+    boxes: list[FaceBox], image_size: tuple[int, int] | None = None
+) -> tuple[FaceBox | None, str | None]:
+    """(the main face, None), or (None, reject reason) when there is no clear main face.
+
+    The largest face, or, when others are close to it in size, the one nearest the centre of
+    an image of `image_size` (width, height); without a size, faces close in size reject."""
     if not boxes:
         return None, REASON_NO_FACE
-    by_area = sorted(boxes, key=lambda box: box.area, reverse=True)
-    if len(by_area) > 1 and by_area[1].area >= MAIN_FACE_AREA_RATIO * by_area[0].area:
+    largest = max(boxes, key=lambda box: box.area)
+    close = [box for box in boxes if box.area >= MAIN_FACE_AREA_RATIO * largest.area]
+    if len(close) == 1:
+        return largest, None
+    if image_size is None:
         return None, REASON_SEVERAL_FACES
-    return by_area[0], None
+    centre_x, centre_y = image_size[0] / 2, image_size[1] / 2
+
+    def off_centre(box: FaceBox) -> float:
+        return math.hypot(box.left + box.width / 2 - centre_x, box.top + box.height / 2 - centre_y)
+
+    nearest, runner_up = sorted(close, key=off_centre)[:2]
+    if off_centre(runner_up) - off_centre(nearest) < MAIN_FACE_CENTRE_MARGIN * largest.width:
+        return None, REASON_SEVERAL_FACES
+    return nearest, None

@@ -41,6 +41,20 @@ def test_main_face_is_the_largest_unless_a_second_is_close_in_size():
     assert choose_main_face([big, twin, small]) == (None, REASON_SEVERAL_FACES)
 
 
+def test_among_faces_close_in_size_the_central_one_is_main_unless_two_are_as_central():
+    central, aside = FaceBox(45, 45, 60, 60), FaceBox(100, 0, 58, 58)  # 150 x 150 image
+    assert choose_main_face([aside, central], (150, 150)) == (central, None)
+    # Mirror images about the centre: as close to it as each other.
+    left, right = FaceBox(10, 45, 60, 60), FaceBox(80, 45, 60, 60)
+    assert choose_main_face([left, right], (150, 150)) == (None, REASON_SEVERAL_FACES)
+    # Off-centre by less than half a face width more than the nearest: still ambiguous.
+    nearly = FaceBox(45 + 60 * 0.45, 45, 60, 60)
+    assert choose_main_face([central, nearly], (150, 150)) == (None, REASON_SEVERAL_FACES)
+    # A clearly largest face wins wherever it is.
+    big = FaceBox(0, 0, 100, 100)
+    assert choose_main_face([central, big], (150, 150)) == (big, None)
+
+
 def test_five_points_from_68_are_eye_centres_nose_tip_and_mouth_corners():
     rng = np.random.default_rng(3)
     points = rng.uniform(0, 150, (68, 2))
