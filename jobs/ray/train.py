@@ -261,6 +261,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"MLflow run: none (tracking unreachable; records kept in {summary.get('tracking_records')})"
         )
+    if summary.get("mlflow_failed"):
+        # As `facetrain train`: a run whose model or records did not reach MLflow is not a
+        # success a scheduler should report green (`mlflow.required: false` downgrades it).
+        print(f"{PROG}: error: {summary['mlflow_failed']}", file=sys.stderr)
+        return 1
     return 0
 
 

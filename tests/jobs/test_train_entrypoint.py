@@ -44,3 +44,29 @@ def test_waits_for_the_autoscaler_then_proceeds():
 def test_missing_gpus_are_an_error_after_the_timeout():
     with pytest.raises(ValueError, match=r"2 GPU \(has 0\).*resources_timeout=0.05s"):
         wait_for_resources(Scaling(2, True), 0.05, lambda: {"CPU": 8.0}, poll_s=0.01)
+
+
+@pytest.mark.parametrize(
+    "summary,code",
+    [
+        ({"steps": 4, "mlflow_run_id": "abc"}, 0),
+        ({"steps": 4, "mlflow_run_id": "abc", "mlflow_failed": "log_model: refused"}, 1),
+    ],
+)
+def test_a_run_that_lost_its_model_in_mlflow_exits_non_zero(
+    monkeypatch, tmp_path, capsys, summary, code
+):
+    """As `facetrain train` does: the Ray job's status must not read SUCCEEDED for it."""
+    import ray
+    import ray.autoscaler.sdk
+    from facetrain.jobs.ray import train as entrypoint
+
+    config = tmp_path / "run.yaml"
+    config.write_text("data: {shards: synthetic}\nloss: [{type: softmax}]\ntrain: {device: cpu}\n")
+    monkeypatch.setattr(ray, "init", lambda *args, **kwargs: None)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(ray.autoscaler.sdk, "request_resources", lambda **kwargs: None)
+    monkeypatch.setattr(entrypoint, "train_on_ray", lambda *args, **kwargs: dict(summary))
+    assert entrypoint.main(["--config", str(config), "--nproc", "1"]) == code
+    if code:
+        assert "error: log_model: refused" in capsys.readouterr().err
