@@ -286,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     if not args.no_report:
         spec = importlib.util.spec_from_file_location("run_all", HERE / "run_all.py")
         run_all = importlib.util.module_from_spec(spec)
+        sys.modules["run_all"] = run_all  # its dataclasses look their module up there
         spec.loader.exec_module(run_all)
         run_all.update_section(args.report, "vs_pml", text)
     return text
