@@ -122,21 +122,23 @@ def train_one(
     shards: Path,
     tracking_uri: str,
     experiment: str = EXPERIMENT,
+    loss: list[dict] | None = None,
 ) -> tuple[str, float]:
+    """Train `loss` (default: the objective called `name`; the calibration run takes the
+    costliest, A-Softmax + triplet) as MLflow run `name`; returns (run id, wall seconds)."""
     import shutil
 
     import yaml
     from facetrain.pipeline.config import TrainConfig
 
-    loss = OBJECTIVES.get(
-        name, OBJECTIVES["asoftmax+triplet"]
-    )  # the calibration run: the costliest
+    if loss is None:
+        loss = OBJECTIVES.get(name, OBJECTIVES["asoftmax+triplet"])
     config = TrainConfig.model_validate(
         train_tree(args, name, loss, shards, tracking_uri, experiment)
     )
     # A checkpoint left by an earlier run would resume it: every measurement starts fresh.
     shutil.rmtree(config.checkpoint.dir, ignore_errors=True)
-    slug = name.replace("+", "-")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
     config_path = args.out / f"train-{slug}.yaml"  # the resolved config, as the CLI saves it
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     started = time.perf_counter()
@@ -205,6 +207,126 @@ def calibrate_steps(args: argparse.Namespace, shards: Path, tracking_uri: str) -
         file=sys.stderr,
     )
     return steps
+
+
+# ---------------------------------------------------------------- learning-curve sweep
+def steps_per_minute(args: argparse.Namespace, backbone: str, shards: Path, uri: str) -> float:
+    """`--steps-per-minute BACKBONE=N` when given (a rate measured on a quiet machine, so a
+    sweep run beside other work trains the same steps), else a calibration run's rate."""
+    import copy
+
+    given = dict(item.split("=", 1) for item in args.steps_per_minute or [])
+    if backbone in given:
+        return float(given[backbone])
+    calibration = copy.copy(args)
+    calibration.backbone, calibration.minutes = backbone, 1.0
+    return float(calibrate_steps(calibration, shards, uri))
+
+
+def sweep(args: argparse.Namespace, shards: Path, uri: str) -> list[dict]:
+    """Every (backbone, objective, budget) of the sweep trained from scratch with a schedule
+    fitted to its own budget (cosine to zero), then verified on DevTest: a learning curve
+    whose points are each a finished run, not one run read at intermediate steps."""
+    import copy
+
+    from tqdm import tqdm
+
+    plan = []
+    for backbone in args.backbones:
+        rate = steps_per_minute(args, backbone, shards, uri)
+        # Budget by budget, so a sweep stopped early still compares the objectives.
+        for minutes in sorted(args.sweep):
+            for objective in args.objectives:
+                plan.append((backbone, objective, minutes, max(1, round(rate * minutes))))
+    rows = []
+    for backbone, objective, minutes, steps in tqdm(plan, desc="sweep", unit="run"):
+        run_args = copy.copy(args)
+        run_args.backbone, run_args.steps = backbone, steps
+        name = f"sweep-{backbone}-{objective}-{minutes:g}min"
+        row = {"backbone": backbone, "objective": objective, "minutes": minutes, "steps": steps}
+        try:
+            run_id, seconds = train_one(run_args, name, shards, uri, loss=OBJECTIVES[objective])
+            verification = evaluate(run_id, args.lfw, uri, args.workers)
+        except Exception as err:  # one failed point must not lose the others
+            rows.append({**row, "error": f"{type(err).__name__}: {err}"})
+            tqdm.write(f"{name}: failed: {err}", file=sys.stderr)
+            continue
+        rows.append({**row, "run_id": run_id, "seconds": seconds, "summary": verification.summary})
+        tqdm.write(f"{name}: accuracy {verification.summary['accuracy']:.4f}", file=sys.stderr)
+        # Written after every point: a crash or a stopped sweep keeps what was measured.
+        (args.out / "sweep.json").write_text(json.dumps(rows, indent=2, default=str))
+    return rows
+
+
+def plot_sweep(rows: list[dict], path: Path) -> Path:
+    """Accuracy against budget, one line per (backbone, objective), fold spread as bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 4.8))
+    lines: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        if "summary" in row:
+            lines.setdefault((row["backbone"], row["objective"]), []).append(row)
+    for (backbone, objective), points in lines.items():
+        points.sort(key=lambda row: row["minutes"])
+        axes.errorbar(
+            [row["minutes"] for row in points],
+            [100 * row["summary"]["accuracy"] for row in points],
+            yerr=[100 * row["summary"]["accuracy_std"] for row in points],
+            marker="o", capsize=3, label=f"{backbone}, {objective}",
+        )  # fmt: skip
+    axes.set_xscale("log")
+    budgets = sorted({row["minutes"] for points in lines.values() for row in points})
+    axes.set_xticks(budgets, [f"{minutes:g}" for minutes in budgets])
+    axes.minorticks_off()
+    axes.set_xlabel("training budget (minutes on 2 CPU ranks)")
+    axes.set_ylabel("LFW View 1 DevTest accuracy % (± fold spread)")
+    axes.set_title("Learning curves on LFW DevTrain")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def sweep_markdown(rows: list[dict], args: argparse.Namespace, prep_line: str, png: Path) -> str:
+    try:
+        png_link = os.path.relpath(png, args.report.parent)
+    except ValueError:
+        png_link = str(png)
+    lines = [
+        "## LFW View 1: learning-curve sweep",
+        "",
+        f"`python benchmarks/lfw.py {' '.join(args.argv)}`".replace(" `", "`"),
+        "",
+        f"Trained on the people of `peopleDevTrain.txt` ({prep_line}); {args.embedding_size}-d "
+        f"embedding, batch {args.p}x{args.k} per rank on {args.nproc} ranks, random flips, cosine "
+        "schedule fitted to each budget: every point is its own run from scratch. A budget in "
+        "minutes is a step count (steps per minute per backbone, measured by a calibration run "
+        "or given with `--steps-per-minute`), so a point does not depend on the machine's load "
+        "while it ran. Accuracy on `pairsDevTest.txt` at the threshold chosen on "
+        "`pairsDevTrain.txt`, ± the spread over its 10 folds.",
+        "",
+        "| backbone | objective | budget (min) | steps | accuracy % | AUC | wall time | MLflow run |",
+        "|---|---|---:|---:|---|---|---:|---|",
+    ]
+    for row in rows:
+        head = f"| {row['backbone']} | {row['objective']} | {row['minutes']:g} | {row['steps']} "
+        if "summary" not in row:
+            lines.append(head + f"| **failed**: {row.get('error')} | | | |")
+            continue
+        summary = row["summary"]
+        lines.append(
+            head + f"| {_percent(summary['accuracy'])} ± {_percent(summary['accuracy_std'])} "
+            f"| {summary['auc']:.4f} | {row['seconds']:.0f} s | `{row['run_id']}` |"
+        )
+    lines += ["", f"![LFW learning curves]({png_link})"]
+    return "\n".join(lines)
 
 
 def _quiet_echo(text: str) -> None:
@@ -366,13 +488,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--png", type=Path, help="ROC plot (default: benchmarks/results/lfw-roc.png)"
     )
+    parser.add_argument(
+        "--sweep",
+        nargs="+",
+        type=float,
+        metavar="MINUTES",
+        help="learning-curve mode: train --objectives on --backbones at each budget",
+    )
+    parser.add_argument(
+        "--backbones", nargs="+", help="the sweep's backbones (default: --backbone)"
+    )
+    parser.add_argument(
+        "--steps-per-minute",
+        nargs="+",
+        metavar="BACKBONE=N",
+        help="the sweep's step rates instead of calibration runs",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny backbone, 20 steps")
     args = parser.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     if args.quick:
         args.backbone, args.embedding_size, args.steps, args.p = "tiny", 32, min(args.steps, 20), 8
     if args.png is None:
-        args.png = (args.out if args.quick else HERE / "results") / "lfw-roc.png"
+        name = "lfw-sweep.png" if args.sweep else "lfw-roc.png"
+        args.png = (args.out if args.quick else HERE / "results") / name
+    args.backbones = args.backbones or [args.backbone]
     return args
 
 
@@ -410,6 +550,13 @@ def main(argv: Sequence[str] | None = None) -> str:
     )
 
     from tqdm import tqdm
+
+    if args.sweep:
+        rows = sweep(args, args.out / "shards", tracking_uri)
+        text = sweep_markdown(rows, args, prep_line, plot_sweep(rows, args.png))
+        if not args.no_report:
+            _run_all().update_section(args.report, "lfw_sweep", text)
+        return text
 
     if args.minutes:
         args.steps = calibrate_steps(args, args.out / "shards", tracking_uri)
