@@ -18,6 +18,7 @@ detector (`hog`, `cnn`) runs exactly as `facetrain prep --detect` does
 
     python benchmarks/detect_landmarks.py [--images 300] [--cnn-images 150] [--seed 0]
         [--detectors hog cnn] [--workers N] [--speed-images 60] [--fit-mmod]
+    python benchmarks/detect_landmarks.py --downstream RUN_ID --tracking-uri URI --detectors hog
 """
 
 from __future__ import annotations
@@ -148,6 +149,51 @@ def baseline_speed(sample: list[tuple[str, np.ndarray]]) -> float:
     return len(sample) / (time.perf_counter() - start)
 
 
+def _detect_points(item: tuple[str, np.ndarray]) -> np.ndarray | None:
+    reason, points, _ = _detect_one(item)
+    return None if reason is not None else points
+
+
+def downstream(kind: str, model_ref: str, tracking_uri: str | None, workers: int) -> dict:
+    """One trained model verified on LFW View 2 (`pairs.txt`, 10 folds) twice: faces aligned
+    from the detector's points and from the reference file. Both arms use the same pairs,
+    those whose images the detector found, so the two accuracies differ only by alignment."""
+    from multiprocessing import Pool
+
+    import mlflow
+    from facetrain.data_prep.landmarks import read_landmarks
+    from facetrain.pipeline.eval import load_model, run_verification
+    from facetrain.pipeline.eval.config import EvalOptions
+    from facetrain.pipeline.eval.pairs import read_pairs
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    reference = read_landmarks(LFW / "landmarks.txt")
+    pairs = read_pairs(LFW / "pairs.txt")
+    keys = sorted(set(pairs.unique_keys()))
+    items = [(key, np.asarray(reference[key], np.float64).reshape(5, 2)) for key in keys]
+    with Pool(workers, initializer=_start_worker, initargs=(kind,)) as pool:
+        found = list(
+            tqdm(pool.imap(_detect_points, items, chunksize=8), total=len(items), desc="detect")
+        )
+    detected = {
+        key: points for (key, _), points in zip(items, found, strict=True) if points is not None
+    }
+    model = load_model(model_ref, device="cpu").module
+    options = EvalOptions(batch_size=128, workers=workers, device="cpu")
+    arms = {
+        "reference landmarks": {key: reference[key] for key in detected},
+        f"detected ({kind})": detected,
+    }
+    results = {}
+    for arm, landmarks in arms.items():
+        verification = run_verification(
+            model, pairs=pairs, images=LFW / "images", landmarks=landmarks, options=options
+        )
+        results[arm] = verification.summary
+    return {"images": len(keys), "detected": len(detected), "arms": results}
+
+
 def fit_mmod(sample: list[tuple[str, np.ndarray]]) -> None:
     from facetrain.data_prep.detect import FaceDetector
     from PIL import Image
@@ -172,6 +218,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--detectors", nargs="+", default=["hog", "cnn"], choices=["hog", "cnn"])
     parser.add_argument("--fit-mmod", action="store_true")
+    parser.add_argument(
+        "--downstream",
+        metavar="MODEL",
+        help="a run id, models:/ URI or checkpoint: View 2 accuracy from detected vs reference points",
+    )
+    parser.add_argument("--tracking-uri", help="MLflow store holding --downstream's run")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="for accuracy")
     parser.add_argument(
         "--speed-images", type=int, default=60, help="timed in one process, right after it"
@@ -179,6 +231,22 @@ def main() -> None:
     args = parser.parse_args()
     if args.fit_mmod:
         fit_mmod(_subset(args.cnn_images, args.seed + 1))
+        return
+    if args.downstream:
+        kind = args.detectors[0]
+        result = downstream(kind, args.downstream, args.tracking_uri, args.workers)
+        print(
+            f"View 2 pairs.txt, model {args.downstream}: {result['detected']} of "
+            f"{result['images']} images detected ({kind}); pairs with an undetected image are "
+            "left out of both arms"
+        )
+        print("| landmarks | pairs | accuracy % | AUC |\n|---|---:|---|---:|")
+        for arm, summary in result["arms"].items():
+            print(
+                f"| {arm} | {summary['pairs']} | "
+                f"{100 * summary['accuracy']:.2f} ± {100 * summary['accuracy_std']:.2f} | "
+                f"{summary['auc']:.4f} |"
+            )
         return
     rows = []
     for kind, count in (("hog", args.images), ("cnn", args.cnn_images)):
