@@ -42,12 +42,15 @@ def make_optimizer(params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer
 
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
     """The engine always holds fp32 weights: mixed precision is autocast around the forward
-    (see precision.py), so DeepSpeed's own bf16/fp16 modes stay off."""
+    (see precision.py), so DeepSpeed's own bf16/fp16 modes stay off. Under ZeRO 0 the
+    averaged gradients sit in `.grad` and the Trainer clips them itself, in the same pass
+    that measures their norm (`clip_backbone_grads_`); ZeRO 1/2 partition them, so
+    DeepSpeed clips there."""
     return {
         "train_micro_batch_size_per_gpu": cfg.data.batch.size,
         "train_batch_size": cfg.data.batch.size * world_size,
         "gradient_accumulation_steps": 1,
-        "gradient_clipping": cfg.train.grad_clip,
+        "gradient_clipping": cfg.train.grad_clip if cfg.train.zero_stage > 0 else 0.0,
         "zero_optimization": {"stage": cfg.train.zero_stage},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,

@@ -143,7 +143,7 @@ class Trainer:
             self.loss_scale.update(finite)
             if not finite:
                 return self._skip_overflow(started, saved_buffers)
-        grad_norm = self._backbone_grad_norm()
+        grad_norm = self._clip_backbone_grads()
         head_norm = None
         if self.head_optimizer is not None:
             head_norm = clip_sharded_grad_norm_(
@@ -171,16 +171,18 @@ class Trainer:
             seconds=time.perf_counter() - started,
         )
 
-    def _backbone_grad_norm(self) -> float | None:
-        """Global norm of the averaged backbone gradients when they sit in `.grad` (ZeRO 0)."""
-        grads = [p.grad for p in self.backbone.parameters() if p.grad is not None]
-        if self.cfg.train.zero_stage != 0 or not grads:
+    def _clip_backbone_grads(self) -> float | None:
+        """Under ZeRO 0, where the averaged backbone gradients sit in `.grad`: their global
+        norm, and clipped to `train.grad_clip` (> 0) in the same pass, which DeepSpeed's own
+        clipping would repeat (DeepSpeed clips by max_norm / (norm + 1e-6) as torch does).
+        None under ZeRO 1/2: DeepSpeed clips the partitions and reports the norm."""
+        params = [p for p in self.backbone.parameters() if p.grad is not None]
+        if self.cfg.train.zero_stage != 0 or not params:
             return None
-        return float(
-            torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
-            )
-        )
+        clip = self.cfg.train.grad_clip
+        if clip > 0:
+            return float(torch.nn.utils.clip_grad_norm_(params, clip))
+        return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
 
     def _small_buffers(self) -> list[tuple[Tensor, Tensor]]:
         """(buffer, copy) for the backbone's buffers and the losses' scalar buffers."""
