@@ -194,6 +194,49 @@ def downstream(kind: str, model_ref: str, tracking_uri: str | None, workers: int
     return {"images": len(keys), "detected": len(detected), "arms": results}
 
 
+def _frame_offsets(item: tuple[str, np.ndarray]) -> np.ndarray | None:
+    """(5, 2) offsets of the reference points from the uncorrected detected ones, in the
+    detected points' face frame (inter-ocular units along and across the eye line)."""
+    from facetrain.data_prep.detect import face_frame, five_from_68
+    from facetrain.data_prep.images import decode_rgb, open_image
+
+    relpath, reference = item
+    image = decode_rgb(open_image((LFW / "images" / relpath).read_bytes(), relpath), relpath)
+    rgb = np.asarray(image)
+    face, _ = _DETECTOR.detect(rgb)
+    if face is None:
+        return None
+    box = _DETECTOR.landmark_box(face.box)
+    rect = _DETECTOR._dlib.rectangle(
+        round(box.left), round(box.top),
+        round(box.left + box.width) - 1, round(box.top + box.height) - 1,
+    )  # fmt: skip
+    shape = _DETECTOR._predictor(np.ascontiguousarray(rgb), rect)
+    raw = five_from_68(np.array([(shape.part(i).x, shape.part(i).y) for i in range(68)], float))
+    _, x_axis, y_axis, unit = face_frame(raw)
+    delta = (reference - raw) / unit
+    return np.stack([delta @ x_axis, delta @ y_axis], axis=1)
+
+
+def fit_points(sample: list[tuple[str, np.ndarray]], workers: int) -> None:
+    """`detect.FIVE_POINT_OFFSETS`: medians over `sample` of the reference points' offsets
+    from the 68 -> 5 points, in the face frame (HOG boxes)."""
+    from multiprocessing import Pool
+
+    with Pool(workers, initializer=_start_worker, initargs=("hog",)) as pool:
+        found = [
+            o
+            for o in tqdm(pool.imap(_frame_offsets, sample, chunksize=8), total=len(sample))
+            if o is not None
+        ]
+    medians = np.median(np.stack(found), axis=0)
+    print(
+        f"FIVE_POINT_OFFSETS over {len(found)} images (inter-ocular units, along / across the eye line):"
+    )
+    for name, (along, across) in zip(POINT_NAMES, medians, strict=True):
+        print(f"    ({along:+.4f}, {across:+.4f}),  # {name}")
+
+
 def fit_mmod(sample: list[tuple[str, np.ndarray]]) -> None:
     from facetrain.data_prep.detect import FaceDetector
     from PIL import Image
@@ -219,6 +262,9 @@ def main() -> None:
     parser.add_argument("--detectors", nargs="+", default=["hog", "cnn"], choices=["hog", "cnn"])
     parser.add_argument("--fit-mmod", action="store_true")
     parser.add_argument(
+        "--fit-points", action="store_true", help="detect.FIVE_POINT_OFFSETS, on --images"
+    )
+    parser.add_argument(
         "--downstream",
         metavar="MODEL",
         help="a run id, models:/ URI or checkpoint: View 2 accuracy from detected vs reference points",
@@ -231,6 +277,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.fit_mmod:
         fit_mmod(_subset(args.cnn_images, args.seed + 1))
+        return
+    if args.fit_points:
+        fit_points(_subset(args.images, args.seed + 2), args.workers)
         return
     if args.downstream:
         kind = args.detectors[0]

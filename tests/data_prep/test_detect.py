@@ -215,3 +215,25 @@ def test_prep_of_a_folder_without_landmarks_detects_faces(lfw_root, tmp_path):
         moved = transform_points(np.asarray(meta["transform"]), all_points[meta["source"]])
         errors[meta["source"]] = np.linalg.norm(moved - ARCFACE_112, axis=1).mean()
     assert np.median(list(errors.values())) < 4.0 and max(errors.values()) < 8.0, errors
+
+
+def test_annotation_offsets_move_with_the_face(monkeypatch):
+    """The correction is stated in the face's own frame: moving, scaling and rolling the face
+    moves the corrected points the same way (a float64 reference built by hand)."""
+    from facetrain.data_prep import detect
+
+    offsets = ((0.01, -0.02), (-0.01, -0.02), (0.0, 0.05), (0.03, 0.01), (-0.03, 0.01))
+    monkeypatch.setattr(detect, "FIVE_POINT_OFFSETS", offsets)
+    upright = np.array([[40.0, 50.0], [80.0, 50.0], [60.0, 75.0], [45.0, 95.0], [75.0, 95.0]])
+    # Upright with eyes 40 px apart: along = +x, across = +y, unit 40.
+    np.testing.assert_allclose(
+        detect.to_annotation_convention(upright), upright + 40.0 * np.array(offsets), atol=1e-12
+    )
+    angle, scale, shift = 0.3, 1.7, np.array([12.0, -5.0])
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    moved = scale * upright @ rotation.T + shift
+    np.testing.assert_allclose(
+        detect.to_annotation_convention(moved),
+        scale * detect.to_annotation_convention(upright) @ rotation.T + shift,
+        atol=1e-9,
+    )
