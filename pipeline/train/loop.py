@@ -135,7 +135,8 @@ def _agree_after_step(trainer: Trainer, fresh_bad: int, stop_signal: int) -> tup
     small all-reduce per step, so every rank takes the same decision at the same step."""
     values = [fresh_bad, int(stop_signal == signal.SIGTERM), int(stop_signal == signal.SIGINT)]
     if trainer.group is not None and dist.get_world_size(trainer.group) > 1:
-        tensor = torch.tensor(values, dtype=torch.int64)
+        # On the training device: under NCCL alone a CPU tensor cannot be all-reduced.
+        tensor = torch.tensor(values, dtype=torch.int64, device=trainer.device)
         dist.all_reduce(tensor, group=trainer.group)
         values = tensor.tolist()
     signum = signal.SIGTERM if values[1] else signal.SIGINT if values[2] else 0
