@@ -206,13 +206,7 @@ def _frame_offsets(item: tuple[str, np.ndarray]) -> np.ndarray | None:
     face, _ = _DETECTOR.detect(rgb)
     if face is None:
         return None
-    box = _DETECTOR.landmark_box(face.box)
-    rect = _DETECTOR._dlib.rectangle(
-        round(box.left), round(box.top),
-        round(box.left + box.width) - 1, round(box.top + box.height) - 1,
-    )  # fmt: skip
-    shape = _DETECTOR._predictor(np.ascontiguousarray(rgb), rect)
-    raw = five_from_68(np.array([(shape.part(i).x, shape.part(i).y) for i in range(68)], float))
+    raw = five_from_68(_DETECTOR.points_68(rgb, face.box))
     _, x_axis, y_axis, unit = face_frame(raw)
     delta = (reference - raw) / unit
     return np.stack([delta @ x_axis, delta @ y_axis], axis=1)

@@ -121,8 +121,8 @@ class FaceDetector:
         """The box the 68-point predictor reads `face` in: HOG's frame, which it was trained on."""
         return face if self.kind == "hog" else mmod_to_hog_frame(face)
 
-    def landmarks(self, rgb: np.ndarray, face: FaceBox) -> np.ndarray:
-        """The five template points of `face`, from the 68-point predictor."""
+    def points_68(self, rgb: np.ndarray, face: FaceBox) -> np.ndarray:
+        """The 68 iBUG points of `face`, as the predictor gives them, (68, 2) pixels."""
         box = self.landmark_box(face)
         rect = self._dlib.rectangle(
             round(box.left),
@@ -131,8 +131,11 @@ class FaceDetector:
             round(box.top + box.height) - 1,
         )
         shape = self._predictor(np.ascontiguousarray(rgb, dtype=np.uint8), rect)
-        points = np.array([(shape.part(i).x, shape.part(i).y) for i in range(68)], np.float64)
-        return to_annotation_convention(five_from_68(points))
+        return np.array([(shape.part(i).x, shape.part(i).y) for i in range(68)], np.float64)
+
+    def landmarks(self, rgb: np.ndarray, face: FaceBox) -> np.ndarray:
+        """The five template points of `face`, in the 5-point annotation convention."""
+        return to_annotation_convention(five_from_68(self.points_68(rgb, face)))
 
     def detect(self, rgb: np.ndarray) -> tuple[DetectedFace | None, str | None]:
         """(the main face with its five points, None) or (None, reject reason)."""
