@@ -295,10 +295,7 @@ def plot_sweep(rows: list[dict], path: Path) -> Path:
 
 
 def sweep_markdown(rows: list[dict], args: argparse.Namespace, prep_line: str, png: Path) -> str:
-    try:
-        png_link = os.path.relpath(png, args.report.parent)
-    except ValueError:
-        png_link = str(png)
+    png_link = _link(png, args.report)
     lines = [
         "## LFW View 1: learning-curve sweep",
         "",
@@ -378,6 +375,14 @@ def plot_rocs(curves: dict[str, tuple], path: Path, title: str) -> Path:
     return path
 
 
+def _link(path: Path, report: Path) -> str:
+    """`path` as the report links it: relative to the report's folder where one exists."""
+    try:
+        return os.path.relpath(path, report.parent)
+    except ValueError:  # another drive on Windows
+        return str(path)
+
+
 def _percent(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
@@ -385,10 +390,7 @@ def _percent(value) -> str:
 def markdown(
     rows: list[dict], args: argparse.Namespace, prep_line: str, roc_png: Path, report: Path
 ) -> str:
-    try:
-        roc_link = os.path.relpath(roc_png, report.parent)
-    except ValueError:
-        roc_link = str(roc_png)
+    roc_link = _link(roc_png, report)
     lines = [
         "## LFW View 1: training objectives",
         "",
