@@ -12,6 +12,7 @@ from facetrain.pipeline.models.registry import (
     available_backbones,
     backbone_from_config,
     build_backbone,
+    prefers_channels_last,
     register,
 )
 
@@ -20,5 +21,6 @@ __all__ = [
     "available_backbones",
     "backbone_from_config",
     "build_backbone",
+    "prefers_channels_last",
     "register",
 ]

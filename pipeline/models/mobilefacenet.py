@@ -70,6 +70,6 @@ class MobileFaceNet(nn.Module):
         return self.bn_embedding(torch.flatten(self.embedding(x), 1))
 
 
-@register("mobilefacenet")
+@register("mobilefacenet", channels_last_on_cpu=True)
 def mobilefacenet(embedding_size: int, **kwargs) -> nn.Module:
     return MobileFaceNet(embedding_size, **kwargs)

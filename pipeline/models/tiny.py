@@ -29,6 +29,6 @@ class TinyCNN(nn.Module):
         return self.head(self.features(images))
 
 
-@register("tiny")
+@register("tiny", channels_last_on_cpu=True)
 def tiny(embedding_size: int, **kwargs) -> nn.Module:
     return TinyCNN(embedding_size, **kwargs)

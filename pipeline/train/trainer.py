@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 from facetrain.pipeline.config import TrainConfig
-from facetrain.pipeline.models import backbone_from_config
+from facetrain.pipeline.models import backbone_from_config, prefers_channels_last
 from facetrain.pipeline.train.collectives import (
     all_ranks_true,
     average_buffers,
@@ -55,6 +55,21 @@ class StepOutput:
     reason: str = ""
 
 
+def backbone_memory_format(cfg: TrainConfig, device: torch.device) -> torch.memory_format:
+    """`train.memory_format` resolved for this backbone on this device: the layout of the
+    images the backbone sees. The weights stay contiguous (DeepSpeed broadcasts and flattens
+    them as plain buffers); a convolution given an NHWC input runs NHWC all the same, and
+    so does everything after it. Values, gradients and checkpoints do not depend on it."""
+    choice = cfg.train.memory_format
+    if choice == "auto":
+        choice = (
+            "channels_last"
+            if prefers_channels_last(cfg.model.backbone, device.type)
+            else "contiguous"
+        )
+    return torch.channels_last if choice == "channels_last" else torch.contiguous_format
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, num_classes: int, group: dist.ProcessGroup | None):
         """`group`: the ranks that train together (`collectives.world_group()` for all of
@@ -72,6 +87,7 @@ class Trainer:
         # are keyed by (seed, class) inside the losses, independent of the world size.
         torch.manual_seed(cfg.train.seed)
         backbone = backbone_from_config(cfg.model)
+        self.memory_format = backbone_memory_format(cfg, self.device)
         loss_group = group if self.world_size > 1 else None
         self.objective = Objective(
             cfg.loss, num_classes, cfg.model.embedding_size, group=loss_group, seed=cfg.train.seed
@@ -108,7 +124,9 @@ class Trainer:
             set_lr(self.head_optimizer, self.head_lr * factor)
         self.engine.train()
         self.objective.train()
-        images = images.to(self.device, torch.float32, non_blocking=True)
+        images = images.to(
+            self.device, torch.float32, non_blocking=True, memory_format=self.memory_format
+        )
         labels = labels.to(self.device, non_blocking=True)
 
         # A skipped step must leave no trace: the forward pass already moved BatchNorm's
