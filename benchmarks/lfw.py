@@ -223,6 +223,18 @@ def steps_per_minute(args: argparse.Namespace, backbone: str, shards: Path, uri:
     return float(calibrate_steps(calibration, shards, uri))
 
 
+def previous_sweep(out: Path) -> list[dict]:
+    """The rows an earlier sweep wrote to `out/sweep.json` (none if it has not run)."""
+    path = out / "sweep.json"
+    if not path.exists():
+        return []
+    try:
+        rows = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"{path}: not a sweep record ({err}); move it away to start afresh") from None
+    return rows if isinstance(rows, list) else []
+
+
 def sweep(args: argparse.Namespace, shards: Path, uri: str) -> list[dict]:
     """Every (backbone, objective, budget) of the sweep trained from scratch with a schedule
     fitted to its own budget (cosine to zero), then verified on DevTest: a learning curve
@@ -238,8 +250,14 @@ def sweep(args: argparse.Namespace, shards: Path, uri: str) -> list[dict]:
         for minutes in sorted(args.sweep):
             for objective in args.objectives:
                 plan.append((backbone, objective, minutes, max(1, round(rate * minutes))))
-    rows = []
-    for backbone, objective, minutes, steps in tqdm(plan, desc="sweep", unit="run"):
+    # Points finished by an earlier sweep into the same --out are kept, not retrained: a
+    # sweep can be stopped and extended (more budgets, another backbone) run by run.
+    rows = [row for row in previous_sweep(args.out) if "summary" in row]
+    done = {(row["backbone"], row["objective"], row["minutes"], row["steps"]) for row in rows}
+    todo = [point for point in plan if point not in done]
+    if len(todo) < len(plan):
+        tqdm.write(f"sweep: {len(plan) - len(todo)} point(s) kept from {args.out / 'sweep.json'}")
+    for backbone, objective, minutes, steps in tqdm(todo, desc="sweep", unit="run"):
         run_args = copy.copy(args)
         run_args.backbone, run_args.steps = backbone, steps
         name = f"sweep-{backbone}-{objective}-{minutes:g}min"

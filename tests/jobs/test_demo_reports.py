@@ -6,6 +6,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -86,3 +88,51 @@ def test_lfw_benchmark_sees_exactly_the_devtrain_people(lfw_root, tmp_path):
     assert len(rows) == sum(chosen.values()) and all(len(row) == 11 for row in rows)
     # Nothing copied: the view links to the LFW folders.
     assert all((images / name).is_symlink() for name in chosen)
+
+
+def test_lfw_sweep_keeps_earlier_points_and_trains_only_the_missing_ones(tmp_path, monkeypatch):
+    import json
+    from types import SimpleNamespace
+
+    lfw = _lfw_module()
+    earlier = [
+        {"backbone": "tiny", "objective": "softmax", "minutes": 2.0, "steps": 20,
+         "run_id": "old", "seconds": 1.0, "summary": {"accuracy": 0.8, "accuracy_std": 0.01}},
+        {"backbone": "tiny", "objective": "arcface", "minutes": 2.0, "steps": 20,
+         "error": "RuntimeError: crashed"},  # a failed point is trained again
+    ]  # fmt: skip
+    (tmp_path / "sweep.json").write_text(json.dumps(earlier))
+    trained = []
+
+    def train_one(run_args, name, shards, uri, loss):
+        trained.append((name, run_args.steps))
+        return f"run-{name}", 2.0
+
+    summary = {"accuracy": 0.9, "accuracy_std": 0.02}
+    monkeypatch.setattr(lfw, "train_one", train_one)
+    monkeypatch.setattr(lfw, "evaluate", lambda *a: SimpleNamespace(summary=summary))
+    args = lfw.parse_args(
+        ["--out", str(tmp_path), "--backbones", "tiny", "--objectives", "softmax", "arcface",
+         "--sweep", "2", "5", "--steps-per-minute", "tiny=10", "--no-report"]
+    )  # fmt: skip
+    rows = lfw.sweep(args, tmp_path / "shards", "sqlite:///unused.db")
+
+    assert trained == [
+        ("sweep-tiny-arcface-2min", 20),
+        ("sweep-tiny-softmax-5min", 50),
+        ("sweep-tiny-arcface-5min", 50),
+    ]
+    assert [(r["objective"], r["minutes"], r["run_id"]) for r in rows] == [
+        ("softmax", 2.0, "old"),
+        ("arcface", 2.0, "run-sweep-tiny-arcface-2min"),
+        ("softmax", 5.0, "run-sweep-tiny-softmax-5min"),
+        ("arcface", 5.0, "run-sweep-tiny-arcface-5min"),
+    ]
+    assert json.loads((tmp_path / "sweep.json").read_text()) == rows
+
+
+def test_lfw_sweep_refuses_a_damaged_record_by_name(tmp_path):
+    lfw = _lfw_module()
+    (tmp_path / "sweep.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="sweep.json: not a sweep record"):
+        lfw.previous_sweep(tmp_path)
