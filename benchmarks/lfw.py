@@ -103,7 +103,12 @@ def train_tree(
     experiment: str = EXPERIMENT,
 ) -> dict:
     return {
-        "data": {"shards": str(shards), "batch": {"p": args.p, "k": args.k}, "workers": 1},
+        "data": {
+            "shards": str(shards),
+            "batch": {"p": args.p, "k": args.k},
+            "workers": 1,
+            "landmark_jitter": args.landmark_jitter,
+        },
         "model": {"backbone": args.backbone, "embedding_size": args.embedding_size},
         "loss": loss,
         "train": {
@@ -491,6 +496,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--p", type=int, default=16, help="identities per rank per step")
     parser.add_argument("--k", type=int, default=4, help="images per identity")
     parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument(
+        "--landmark-jitter", type=float, default=0.0, help="data.landmark_jitter (pixels)"
+    )
     parser.add_argument("--nproc", type=int, default=2, help="local training ranks")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     parser.add_argument(

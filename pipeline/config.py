@@ -40,6 +40,13 @@ class DataConfig(Section):
         2, ge=0, description="loader processes per rank (0: in the training process)"
     )
     flip: bool = True
+    landmark_jitter: float = Field(
+        0.0,
+        ge=0.0,
+        le=8.0,
+        description="pixels (112x112 template): re-align each training face as if its five "
+        "points were off by this standard deviation, to train for detected landmarks; 0 = off",
+    )
     max_bad_samples: int = Field(
         1000, ge=0, description="undecodable samples skipped (replaced) before the run stops"
     )

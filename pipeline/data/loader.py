@@ -26,10 +26,16 @@ from typing import Literal
 
 import numpy as np
 import torch
+from facetrain.data_prep.align import TEMPLATES
 from facetrain.pipeline.config import DataConfig
 from facetrain.pipeline.data.samplers import Pick, pk_batches, shuffled_batches
 from facetrain.pipeline.data.shards import DatasetIndex, Identity, ShardInfo, iter_identities
-from facetrain.pipeline.data.transforms import decode_rgb, hflip
+from facetrain.pipeline.data.transforms import (
+    decode_rgb,
+    hflip,
+    landmark_jitter_matrix,
+    warp_face,
+)
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 
@@ -146,6 +152,13 @@ class FaceBatches(IterableDataset):
         pixels[0] = first
         for slot, pick in enumerate(picks[1:], start=1):
             self._decode_or_replace(step, slot, pick, pixels[slot], bad)
+        if self.data.landmark_jitter > 0:
+            # Its own stream, so turning jitter on leaves the flips (and all else) as they were.
+            rng = np.random.default_rng([self.seed, self.rank, step, 1])
+            points = self._template_points(pixels.shape[2], pixels.shape[1])
+            for slot in range(len(picks)):
+                matrix = landmark_jitter_matrix(rng, self.data.landmark_jitter, points)
+                pixels[slot] = warp_face(pixels[slot], matrix)
         if self.data.flip:
             for slot in np.flatnonzero(flips):
                 pixels[slot] = hflip(pixels[slot])  # numpy copies overlapping views safely
@@ -155,6 +168,12 @@ class FaceBatches(IterableDataset):
             "step": step,
             "bad_samples": bad,
         }
+
+    def _template_points(self, width: int, height: int) -> np.ndarray:
+        """Where the five points sit in these faces: prep's alignment template (the arcface
+        one for unaligned crops), scaled to the stored image size."""
+        template = TEMPLATES.get(self.index.manifest.get("align", ""), TEMPLATES["arcface"])
+        return template.points * (np.array([width, height]) / np.array(template.size))
 
     def _decode_or_replace(
         self, step: int, slot: int, pick: Pick, out: np.ndarray | None, bad: list[str]

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import io
 
+import cv2
 import numpy as np
 import simplejpeg
 import torch
+from facetrain.data_prep.align import similarity_transform
 from PIL import Image
 
 
@@ -65,3 +67,23 @@ def normalize_batch(images_uint8: torch.Tensor) -> torch.Tensor:
 def hflip(image: np.ndarray) -> np.ndarray:
     """Mirror a HWC image left-right (aligned faces are symmetric about the vertical axis)."""
     return image[:, ::-1]
+
+
+def landmark_jitter_matrix(
+    rng: np.random.Generator, sigma: float, points: np.ndarray
+) -> np.ndarray:
+    """The (2, 3) similarity that re-aligns a face aligned on `points` (the template, in
+    output pixels) as if its landmarks had been found N(0, sigma^2) pixels off per
+    coordinate: what a landmark detector's scatter does to the crops it produces. Training
+    on such crops teaches the model the misalignment it will see from detected points."""
+    noisy = points + rng.normal(0.0, sigma, points.shape)
+    return similarity_transform(noisy, points)
+
+
+def warp_face(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """A HWC uint8 face moved by a (2, 3) affine matrix (dst = matrix @ src), same size;
+    edge pixels repeat into the corners the move uncovers."""
+    height, width = image.shape[:2]
+    return cv2.warpAffine(
+        image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
