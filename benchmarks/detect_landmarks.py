@@ -154,10 +154,13 @@ def _detect_points(item: tuple[str, np.ndarray]) -> np.ndarray | None:
     return None if reason is not None else points
 
 
-def downstream(kind: str, model_ref: str, tracking_uri: str | None, workers: int) -> dict:
-    """One trained model verified on LFW View 2 (`pairs.txt`, 10 folds) twice: faces aligned
+def downstream(
+    kind: str, model_refs: list[str], tracking_uri: str | None, workers: int
+) -> dict:
+    """Each trained model verified on LFW View 2 (`pairs.txt`, 10 folds) twice: faces aligned
     from the detector's points and from the reference file. Both arms use the same pairs,
-    those whose images the detector found, so the two accuracies differ only by alignment."""
+    those whose images the detector found, so the two accuracies differ only by alignment;
+    the models share one detection pass, so they are compared on the same points."""
     from multiprocessing import Pool
 
     import mlflow
@@ -179,18 +182,19 @@ def downstream(kind: str, model_ref: str, tracking_uri: str | None, workers: int
     detected = {
         key: points for (key, _), points in zip(items, found, strict=True) if points is not None
     }
-    model = load_model(model_ref, device="cpu").module
     options = EvalOptions(batch_size=128, workers=workers, device="cpu")
     arms = {
         "reference landmarks": {key: reference[key] for key in detected},
         f"detected ({kind})": detected,
     }
     results = {}
-    for arm, landmarks in arms.items():
-        verification = run_verification(
-            model, pairs=pairs, images=LFW / "images", landmarks=landmarks, options=options
-        )
-        results[arm] = verification.summary
+    for model_ref in model_refs:
+        model = load_model(model_ref, device="cpu").module
+        for arm, landmarks in arms.items():
+            verification = run_verification(
+                model, pairs=pairs, images=LFW / "images", landmarks=landmarks, options=options
+            )
+            results[(model_ref, arm)] = verification.summary
     return {"images": len(keys), "detected": len(detected), "arms": results}
 
 
@@ -260,8 +264,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--downstream",
+        nargs="+",
         metavar="MODEL",
-        help="a run id, models:/ URI or checkpoint: View 2 accuracy from detected vs reference points",
+        help="run ids, models:/ URIs or checkpoints: View 2 accuracy from detected vs "
+        "reference points, each model on the same detections",
     )
     parser.add_argument("--tracking-uri", help="MLflow store holding --downstream's run")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="for accuracy")
@@ -279,17 +285,23 @@ def main() -> None:
         kind = args.detectors[0]
         result = downstream(kind, args.downstream, args.tracking_uri, args.workers)
         print(
-            f"View 2 pairs.txt, model {args.downstream}: {result['detected']} of "
-            f"{result['images']} images detected ({kind}); pairs with an undetected image are "
-            "left out of both arms"
+            f"View 2 pairs.txt: {result['detected']} of {result['images']} images detected "
+            f"({kind}); pairs with an undetected image are left out of both arms"
         )
-        print("| landmarks | pairs | accuracy % | AUC |\n|---|---:|---|---:|")
-        for arm, summary in result["arms"].items():
+        print("| model | landmarks | pairs | accuracy % | AUC |\n|---|---|---:|---|---:|")
+        for (model, arm), summary in result["arms"].items():
             print(
-                f"| {arm} | {summary['pairs']} | "
+                f"| `{model}` | {arm} | {summary['pairs']} | "
                 f"{100 * summary['accuracy']:.2f} ± {100 * summary['accuracy_std']:.2f} | "
                 f"{summary['auc']:.4f} |"
             )
+        for model in args.downstream:
+            reference_arm, detected_arm = (
+                result["arms"][(model, arm)]["accuracy"]
+                for arm in ("reference landmarks", f"detected ({kind})")
+            )
+            gap = 100 * (reference_arm - detected_arm)
+            print(f"`{model}`: gap {gap:.2f} pp (target <= 0.5)")
         return
     rows = []
     for kind, count in (("hog", args.images), ("cnn", args.cnn_images)):
