@@ -240,6 +240,26 @@ def previous_sweep(out: Path) -> list[dict]:
     return rows if isinstance(rows, list) else []
 
 
+def write_table(args: argparse.Namespace, prep_line: str, rows: list[dict], png=None) -> None:
+    results = {"argv": args.argv, "prep": prep_line, "steps": args.steps, "png": str(png), "rows": rows}
+    (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+
+
+def previous_table(args: argparse.Namespace) -> dict[str, dict]:
+    """Finished rows of an earlier objective table in `args.out` run with the same argv, by
+    objective (none when the arguments differ: those runs measured another recipe)."""
+    path = args.out / "results.json"
+    if not path.exists():
+        return {}
+    try:
+        earlier = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+    if earlier.get("argv") != args.argv or earlier.get("steps") != args.steps:
+        return {}
+    return {row["objective"]: row for row in earlier.get("rows", []) if "summary" in row}
+
+
 def sweep(args: argparse.Namespace, shards: Path, uri: str) -> list[dict]:
     """Every (backbone, objective, budget) of the sweep trained from scratch with a schedule
     fitted to its own budget (cosine to zero), then verified on DevTest: a learning curve
@@ -589,11 +609,18 @@ def main(argv: Sequence[str] | None = None) -> str:
     if args.minutes:
         args.steps = calibrate_steps(args, args.out / "shards", tracking_uri)
 
+    # Objectives an earlier run of this same table (same argv) finished are kept, not
+    # retrained: a table stopped part-way costs only the objectives it had not reached.
+    kept = previous_table(args)
     rows, curves = [], {}
     for name in tqdm(args.objectives, desc="objectives", unit="run"):
         started = time.perf_counter()
         try:
-            run_id, seconds = train_one(args, name, args.out / "shards", tracking_uri)
+            if name in kept:
+                run_id, seconds = kept[name]["run_id"], kept[name]["seconds"]
+                tqdm.write(f"{name}: kept run {run_id} from {args.out / 'results.json'}")
+            else:
+                run_id, seconds = train_one(args, name, args.out / "shards", tracking_uri)
             verification = evaluate(run_id, lfw, tracking_uri, args.workers)
         except Exception as err:  # one objective failing must not lose the others' figures
             rows.append(
@@ -619,16 +646,11 @@ def main(argv: Sequence[str] | None = None) -> str:
             f"{name}: accuracy {verification.summary['accuracy']:.4f}, AUC {verification.summary['auc']:.4f}",
             file=sys.stderr,
         )
+        # Written after every objective: a crash or a stopped table keeps what was measured.
+        write_table(args, prep_line, rows)
 
     roc_png = plot_rocs(curves, args.png, f"LFW DevTest, {args.backbone}, {args.steps} steps")
-    results = {
-        "argv": args.argv,
-        "prep": prep_line,
-        "steps": args.steps,
-        "png": str(roc_png),
-        "rows": rows,
-    }
-    (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    write_table(args, prep_line, rows, png=roc_png)
     text = markdown(rows, args, prep_line, roc_png, args.report)
     if not args.no_report:
         _run_all().update_section(args.report, "lfw", text)

@@ -136,3 +136,21 @@ def test_lfw_sweep_refuses_a_damaged_record_by_name(tmp_path):
     (tmp_path / "sweep.json").write_text("{not json")
     with pytest.raises(SystemExit, match="sweep.json: not a sweep record"):
         lfw.previous_sweep(tmp_path)
+
+
+def test_lfw_table_keeps_finished_objectives_of_the_same_command_only(tmp_path):
+    lfw = _lfw_module()
+    argv = ["--out", str(tmp_path), "--steps", "40", "--objectives", "softmax", "arcface"]
+    args = lfw.parse_args(argv)
+    rows = [
+        {"objective": "softmax", "run_id": "a", "seconds": 3.0, "summary": {"accuracy": 0.8}},
+        {"objective": "arcface", "error": "RuntimeError: crashed", "seconds": 1.0},
+    ]
+    lfw.write_table(args, "prep line", rows)
+    kept = lfw.previous_table(args)
+    assert list(kept) == ["softmax"] and kept["softmax"]["run_id"] == "a"  # the failure retrains
+    # Another recipe (here a jitter) measured something else: nothing of it is kept.
+    other = lfw.parse_args([*argv, "--landmark-jitter", "1.0"])
+    assert lfw.previous_table(other) == {}
+    (tmp_path / "results.json").write_text("{half written")
+    assert lfw.previous_table(args) == {}
