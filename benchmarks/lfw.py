@@ -228,9 +228,8 @@ def steps_per_minute(args: argparse.Namespace, backbone: str, shards: Path, uri:
     return float(calibrate_steps(calibration, shards, uri))
 
 
-def previous_sweep(out: Path) -> list[dict]:
-    """The rows an earlier sweep wrote to `out/sweep.json` (none if it has not run)."""
-    path = out / "sweep.json"
+def previous_sweep(path: Path) -> list[dict]:
+    """The rows an earlier sweep wrote to its record `path` (none if it has not run)."""
     if not path.exists():
         return []
     try:
@@ -275,13 +274,14 @@ def sweep(args: argparse.Namespace, shards: Path, uri: str) -> list[dict]:
         for minutes in sorted(args.sweep):
             for objective in args.objectives:
                 plan.append((backbone, objective, minutes, max(1, round(rate * minutes))))
-    # Points finished by an earlier sweep into the same --out are kept, not retrained: a
-    # sweep can be stopped and extended (more budgets, another backbone) run by run.
-    rows = [row for row in previous_sweep(args.out) if "summary" in row]
+    # Points finished by an earlier sweep into the same record are kept, not retrained: a
+    # sweep can be stopped and extended (more budgets, another backbone) run by run, and,
+    # the record being committed beside its plot, on another machine than the one that began it.
+    rows = [row for row in previous_sweep(args.record) if "summary" in row]
     done = {(row["backbone"], row["objective"], row["minutes"], row["steps"]) for row in rows}
     todo = [point for point in plan if point not in done]
     if len(todo) < len(plan):
-        tqdm.write(f"sweep: {len(plan) - len(todo)} point(s) kept from {args.out / 'sweep.json'}")
+        tqdm.write(f"sweep: {len(plan) - len(todo)} point(s) kept from {args.record}")
     for backbone, objective, minutes, steps in tqdm(todo, desc="sweep", unit="run"):
         run_args = copy.copy(args)
         run_args.backbone, run_args.steps = backbone, steps
@@ -297,7 +297,8 @@ def sweep(args: argparse.Namespace, shards: Path, uri: str) -> list[dict]:
         rows.append({**row, "run_id": run_id, "seconds": seconds, "summary": verification.summary})
         tqdm.write(f"{name}: accuracy {verification.summary['accuracy']:.4f}", file=sys.stderr)
         # Written after every point: a crash or a stopped sweep keeps what was measured.
-        (args.out / "sweep.json").write_text(json.dumps(rows, indent=2, default=str))
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        args.record.write_text(json.dumps(rows, indent=2, default=str))
     return rows
 
 
@@ -547,6 +548,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--backbones", nargs="+", help="the sweep's backbones (default: --backbone)"
     )
     parser.add_argument(
+        "--record",
+        type=Path,
+        help="the sweep's points, kept between runs (default: benchmarks/results/lfw-sweep.json)",
+    )
+    parser.add_argument(
         "--steps-per-minute",
         nargs="+",
         metavar="BACKBONE=N",
@@ -560,6 +566,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.png is None:
         name = "lfw-sweep.png" if args.sweep else "lfw-roc.png"
         args.png = (args.out if args.quick else HERE / "results") / name
+    if args.record is None:
+        args.record = (args.out if args.quick else HERE / "results") / "lfw-sweep.json"
     args.backbones = args.backbones or [args.backbone]
     return args
 

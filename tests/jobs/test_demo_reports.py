@@ -101,7 +101,9 @@ def test_lfw_sweep_keeps_earlier_points_and_trains_only_the_missing_ones(tmp_pat
         {"backbone": "tiny", "objective": "arcface", "minutes": 2.0, "steps": 20,
          "error": "RuntimeError: crashed"},  # a failed point is trained again
     ]  # fmt: skip
-    (tmp_path / "sweep.json").write_text(json.dumps(earlier))
+    record = tmp_path / "record" / "lfw-sweep.json"  # not in --out: it outlives the work folder
+    record.parent.mkdir()
+    record.write_text(json.dumps(earlier))
     trained = []
 
     def train_one(run_args, name, shards, uri, loss):
@@ -113,7 +115,7 @@ def test_lfw_sweep_keeps_earlier_points_and_trains_only_the_missing_ones(tmp_pat
     monkeypatch.setattr(lfw, "evaluate", lambda *a: SimpleNamespace(summary=summary))
     args = lfw.parse_args(
         ["--out", str(tmp_path), "--backbones", "tiny", "--objectives", "softmax", "arcface",
-         "--sweep", "2", "5", "--steps-per-minute", "tiny=10", "--no-report"]
+         "--sweep", "2", "5", "--steps-per-minute", "tiny=10", "--no-report", "--record", str(record)]
     )  # fmt: skip
     rows = lfw.sweep(args, tmp_path / "shards", "sqlite:///unused.db")
 
@@ -128,14 +130,14 @@ def test_lfw_sweep_keeps_earlier_points_and_trains_only_the_missing_ones(tmp_pat
         ("softmax", 5.0, "run-sweep-tiny-softmax-5min"),
         ("arcface", 5.0, "run-sweep-tiny-arcface-5min"),
     ]
-    assert json.loads((tmp_path / "sweep.json").read_text()) == rows
+    assert json.loads(record.read_text()) == rows
 
 
 def test_lfw_sweep_refuses_a_damaged_record_by_name(tmp_path):
     lfw = _lfw_module()
-    (tmp_path / "sweep.json").write_text("{not json")
-    with pytest.raises(SystemExit, match="sweep.json: not a sweep record"):
-        lfw.previous_sweep(tmp_path)
+    (tmp_path / "lfw-sweep.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="lfw-sweep.json: not a sweep record"):
+        lfw.previous_sweep(tmp_path / "lfw-sweep.json")
 
 
 def test_lfw_table_keeps_finished_objectives_of_the_same_command_only(tmp_path):
