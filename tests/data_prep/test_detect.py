@@ -50,9 +50,16 @@ def test_among_faces_close_in_size_the_central_one_is_main_unless_two_are_as_cen
     # Off-centre by less than half a face width more than the nearest: still ambiguous.
     nearly = FaceBox(45 + 60 * 0.45, 45, 60, 60)
     assert choose_main_face([central, nearly], (150, 150)) == (None, REASON_SEVERAL_FACES)
-    # A clearly largest face wins wherever it is.
+    # A clearly largest face (side >= 1.5x) wins wherever it is.
     big = FaceBox(0, 0, 100, 100)
     assert choose_main_face([central, big], (150, 150)) == (big, None)
+    just_over = FaceBox(0, 0, 92, 92)
+    assert choose_main_face([central, just_over], (150, 150)) == (just_over, None)
+    # A bystander 1.4x the subject's side off to one side (LFW's Laura_Bush_0032 with the CNN
+    # detector): the centred subject is the main face.
+    bystander = FaceBox(86, 41, 83, 83)
+    subject = FaceBox(42, 46, 58, 58)
+    assert choose_main_face([bystander, subject], (150, 150)) == (subject, None)
 
 
 def test_five_points_from_68_are_eye_centres_nose_tip_and_mouth_corners():
