@@ -379,9 +379,12 @@ def _quiet_echo(text: str) -> None:
 
 def evaluate(run_id: str, lfw: Path, tracking_uri: str, workers: int):
     import mlflow
+    import torch
     from facetrain.pipeline.eval import load_model, log_verification, run_verification
     from facetrain.pipeline.eval.config import EvalOptions
 
+    # --workers CPUs embed the pairs, whatever thread count the ranks were given (one each).
+    torch.set_num_threads(max(1, workers))
     mlflow.set_tracking_uri(tracking_uri)
     model = load_model(run_id, device="cpu").module
     verification = run_verification(
