@@ -240,7 +240,7 @@ def previous_sweep(path: Path) -> list[dict]:
 
 
 def write_table(args: argparse.Namespace, prep_line: str, rows: list[dict], png=None) -> None:
-    results = {"argv": args.argv, "prep": prep_line, "steps": args.steps, "png": str(png), "rows": rows}
+    results = {"argv": args.argv, "prep": prep_line, "steps": args.steps, "png": png and str(png), "rows": rows}
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
 
 
