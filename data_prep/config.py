@@ -47,7 +47,11 @@ class PrepConfig(BaseModel):
     min_face_size: float = Field(
         default=0.0, ge=0, description="reject faces narrower than this in source pixels"
     )
-    shard_size: int = Field(default=5000, ge=1, description="target samples per shard")
+    shard_size: int = Field(
+        default=5000,
+        ge=1,
+        description="most samples per shard (shards are packed about equally full)",
+    )
     val_identities: int | list[str] = Field(
         default=0, description="hold out N identities (chosen with `seed`) or these names"
     )

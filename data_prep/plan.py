@@ -464,24 +464,53 @@ def _assign_splits(
 def _pack_shards(
     counts: np.ndarray, class_codes: dict[str, np.ndarray], config: PrepConfig
 ) -> tuple[dict[str, np.ndarray], list[ShardSpec]]:
-    """Whole identities, shuffled with the seed, into shards of about `shard_size` samples:
-    (split -> identity codes in shard order, the shards)."""
+    """Whole identities, shuffled with the seed, into shards of at most `shard_size` samples
+    (an identity larger than that gets a shard of its own): (split -> identity codes in shard
+    order, the shards)."""
     order: dict[str, np.ndarray] = {}
     shards: list[ShardSpec] = []
     for split in SPLITS:
         order[split] = _seeded(config, split).permutation(class_codes[split])
         sizes = counts[order[split]]
-        bounds = [0]
-        filled = 0
-        for position, size in enumerate(sizes.tolist()):
-            if position > bounds[-1] and filled + size > config.shard_size:
-                bounds.append(position)
-                filled = 0
-            filled += size
-        bounds.append(len(sizes))
+        bounds = _balanced_bounds(sizes, config.shard_size)
         shards += [
             ShardSpec(f"{split}-{index:06d}", split, int(sizes[a:b].sum()), a, b)
             for index, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False))
             if b > a
         ]
     return order, shards
+
+
+def _balanced_bounds(sizes: np.ndarray, shard_size: int) -> list[int]:
+    """Cut points that split `sizes` (identities in shard order) into shards of at most
+    `shard_size` samples, about equally full, and about total / shard_size of them.
+
+    Equal shards, not full ones and a remainder: the shard tasks run in parallel, so the
+    largest shard sets the phase's time, and a training job's ranks read equal shares.
+    Identity i goes to shard floor(n * midpoint_i / total), the shard its middle falls in;
+    n grows from ceil(total / shard_size) until no shard of several identities is too big.
+    """
+    total = int(sizes.sum())
+    if total == 0:
+        return [0, len(sizes)]
+    middles = np.cumsum(sizes) - sizes / 2
+    fewest = -(-total // shard_size)
+    for count in range(fewest, min(len(sizes), 2 * fewest + 8) + 1):
+        shard_of = np.minimum((middles * count / total).astype(np.int64), count - 1)
+        bounds = [0, *(np.flatnonzero(np.diff(shard_of)) + 1).tolist(), len(sizes)]
+        filled = np.add.reduceat(sizes, bounds[:-1])
+        if np.all((filled <= shard_size) | (np.diff(bounds) == 1)):
+            return bounds
+    return _greedy_bounds(sizes, shard_size)  # identities too uneven for equal shards
+
+
+def _greedy_bounds(sizes: np.ndarray, shard_size: int) -> list[int]:
+    """Fill each shard up to `shard_size`, then start the next."""
+    bounds, filled = [0], 0
+    for position, size in enumerate(sizes.tolist()):
+        if position > bounds[-1] and filled + size > shard_size:
+            bounds.append(position)
+            filled = 0
+        filled += size
+    bounds.append(len(sizes))
+    return bounds

@@ -18,7 +18,7 @@ import pyarrow.ipc as ipc
 from facetrain.data_prep.config import PrepConfig
 from facetrain.data_prep.faces import aligned_size
 from facetrain.data_prep.plan import ROW_BITS
-from facetrain.data_prep.process import BATCH_ROWS, chunk_name
+from facetrain.data_prep.process import BATCH_ROWS, CHUNK_SCHEMA, chunk_name
 from facetrain.data_prep.shard_format import (
     IMAGE_KEY,
     LABEL_KEY,
@@ -50,9 +50,8 @@ MANIFEST_SCHEMA = pa.schema(
 
 
 WRITE_SAMPLES = 256  # samples per write to the tar
-_FACE_SCHEMA = pa.schema(
-    [("source", pa.string()), ("sha1", pa.binary(20)), ("jpg", pa.binary()), ("json", pa.binary())]
-)
+# What a shard task reads of each chunk row (process.CHUNK_SCHEMA's columns).
+_FACE_COLUMNS = ["source", "sha1", "landmarks", "detector_score", "jpg", "json"]
 
 
 def part_name(shard: str) -> str:
@@ -101,11 +100,6 @@ def write_shard(name: str, rows: pa.Table, config: PrepConfig) -> dict:
         writer.close()
     width, height = aligned_size(config)
     count = rows.num_rows
-    records = [json.loads(provenance) for provenance in provenances]
-    landmarks = [
-        np.ravel(record["landmarks"]).tolist() if record.get("landmarks") else None
-        for record in records
-    ]
     manifest = pa.table(
         {
             "key": rows.column("key"),
@@ -118,10 +112,8 @@ def write_shard(name: str, rows: pa.Table, config: PrepConfig) -> dict:
             "width": pa.array(np.full(count, width, np.int32)),
             "height": pa.array(np.full(count, height, np.int32)),
             "bytes": pa.compute.binary_length(faces.column("jpg")).cast(pa.int64()),
-            "landmarks": pa.array(landmarks, pa.list_(pa.float64())),
-            "detector_score": pa.array(
-                [record.get("detector_score") for record in records], pa.float64()
-            ),
+            "landmarks": faces.column("landmarks").cast(MANIFEST_SCHEMA.field("landmarks").type),
+            "detector_score": faces.column("detector_score"),
         },
         schema=MANIFEST_SCHEMA,
     )
@@ -147,7 +139,7 @@ def _open_chunk(store: OutputStore, name: str) -> pa.NativeFile:
 
 
 def _read_faces(store: OutputStore, config: PrepConfig, row_ids: np.ndarray) -> pa.Table:
-    """(source, sha1, jpg, json) of each row id, in the given order, from the chunk files."""
+    """_FACE_COLUMNS of each row id, in the given order, from the chunk files."""
     chunks, rows = row_ids >> ROW_BITS, row_ids & ((1 << ROW_BITS) - 1)
     parts, order = [], []
     for chunk in np.unique(chunks):
@@ -156,16 +148,13 @@ def _read_faces(store: OutputStore, config: PrepConfig, row_ids: np.ndarray) -> 
         with _open_chunk(store, chunk_name(config, int(chunk))) as handle:
             reader = ipc.open_file(handle)
             read = pa.Table.from_batches(
-                [
-                    reader.get_batch(int(b)).select(["source", "sha1", "jpg", "json"])
-                    for b in batches
-                ]
+                [reader.get_batch(int(b)).select(_FACE_COLUMNS) for b in batches]
             )
         # Row r sits in batch r // BATCH_ROWS at r % BATCH_ROWS; the batches read are sorted.
         place = np.searchsorted(batches, rows[wanted] // BATCH_ROWS) * BATCH_ROWS
         parts.append(read.take(pa.array(place + rows[wanted] % BATCH_ROWS)))
         order.append(wanted)
     if not parts:
-        return _FACE_SCHEMA.empty_table()
+        return pa.schema([CHUNK_SCHEMA.field(name) for name in _FACE_COLUMNS]).empty_table()
     table = pa.concat_tables(parts)
     return table.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))

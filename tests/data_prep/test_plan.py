@@ -243,3 +243,39 @@ def test_a_stream_that_returns_to_an_earlier_identity_is_refused():
     chunks = TableChunks(pa.concat_tables([table, later]), [2])
     with pytest.raises(PrepInputError, match="chunk 1: identities are not grouped"):
         plan_chunks(chunks, _config(), Path(tempfile.mkdtemp(prefix="plan-test-")))
+
+
+def test_shards_are_about_equally_full():
+    # 114 images, 2 to 5 per identity, at 50 a shard: filled greedily, shards of 47, 46
+    # and 21; packed, three of 37 to 39 (the shard tasks run in parallel).
+    sizes = [2 + n % 4 for n in range(33)]
+    scan = _scan(
+        [
+            (f"id{n:02d}", f"id{n:02d}/{i}", f"{n}-{i}", 80)
+            for n, size in enumerate(sizes)
+            for i in range(size)
+        ]
+    )
+    plan = make_plan(scan, _config(shard_size=50))
+    filled = [spec.samples for spec in plan.shards]
+    assert sum(filled) == sum(sizes) == 114
+    assert len(filled) == 3 and max(filled) <= 50
+    assert max(filled) - min(filled) <= max(sizes)
+
+
+def test_an_identity_larger_than_a_shard_gets_its_own():
+    sizes = {"big": 12, "a": 2, "b": 3, "c": 1}
+    scan = _scan(
+        [
+            (name, f"{name}/{i}", f"{name}-{i}", 80)
+            for name, size in sizes.items()
+            for i in range(size)
+        ]
+    )
+    plan = make_plan(scan, _config(shard_size=5))
+    by_shard: dict[str, set[str]] = {}
+    for row in plan.samples.to_pylist():
+        by_shard.setdefault(row["shard"], set()).add(row["identity"])
+    assert {"big"} in by_shard.values()
+    assert all(spec.samples <= 5 for spec in plan.shards if spec.stop - spec.first > 1)
+    assert sum(spec.samples for spec in plan.shards) == 18
