@@ -83,13 +83,23 @@ def devtrain_view(lfw: Path, people: dict[str, int], view: Path) -> tuple[Path, 
     return images, landmarks
 
 
-def prep(images: Path, landmarks: Path, shards: Path, min_images: int, workers: int):
+def prep(
+    images: Path,
+    landmarks: Path,
+    shards: Path,
+    min_images: int,
+    workers: int,
+    detector: str | None = None,
+):
+    """DevTrain's shards, aligned from the landmark file, or with `detector` (hog|cnn) from
+    the points `prep --detect` finds, as for a user whose photos come without landmarks."""
     from facetrain.data_prep import run_prep
     from facetrain.data_prep.config import PrepConfig
 
+    located = {"detect": True, "detector": detector} if detector else {"landmarks": str(landmarks)}
     config = PrepConfig(
-        source=str(images), landmarks=str(landmarks), out=str(shards), min_images=min_images,
-        shard_size=2000, workers=workers,
+        source=str(images), out=str(shards), min_images=min_images, shard_size=2000,
+        workers=workers, **located,
     )  # fmt: skip
     return run_prep(config)
 
@@ -235,12 +245,20 @@ def previous_sweep(path: Path) -> list[dict]:
     try:
         rows = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise SystemExit(f"{path}: not a sweep record ({err}); move it away to start afresh") from None
+        raise SystemExit(
+            f"{path}: not a sweep record ({err}); move it away to start afresh"
+        ) from None
     return rows if isinstance(rows, list) else []
 
 
 def write_table(args: argparse.Namespace, prep_line: str, rows: list[dict], png=None) -> None:
-    results = {"argv": args.argv, "prep": prep_line, "steps": args.steps, "png": png and str(png), "rows": rows}
+    results = {
+        "argv": args.argv,
+        "prep": prep_line,
+        "steps": args.steps,
+        "png": png and str(png),
+        "rows": rows,
+    }
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
 
 
@@ -438,12 +456,17 @@ def markdown(
     rows: list[dict], args: argparse.Namespace, prep_line: str, roc_png: Path, report: Path
 ) -> str:
     roc_link = _link(roc_png, report)
+    aligned = (
+        f"aligned from the points `prep --detect --detector {args.detect}` finds"
+        if args.detect
+        else "aligned from the landmark file"
+    )
     lines = [
         "## LFW View 1: training objectives",
         "",
         f"`python benchmarks/lfw.py {' '.join(args.argv)}`".replace(" `", "`"),
         "",
-        f"Trained on the people of `peopleDevTrain.txt` ({prep_line}); {args.backbone} backbone, "
+        f"Trained on the people of `peopleDevTrain.txt` ({prep_line}; {aligned}); {args.backbone} backbone, "
         f"{args.embedding_size}-d embedding, batch {args.p}x{args.k} per rank on {args.nproc} ranks, "
         f"{args.steps} steps each, {args.device}. Accuracy on `pairsDevTest.txt` (people disjoint "
         "from training) at the threshold chosen on `pairsDevTrain.txt`, ± the spread over its 10 "
@@ -523,6 +546,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--landmark-jitter", type=float, default=0.0, help="data.landmark_jitter (pixels)"
     )
+    parser.add_argument(
+        "--detect",
+        choices=("hog", "cnn"),
+        help="prep DevTrain from detected points (prep --detect), not the landmark file",
+    )
     parser.add_argument("--nproc", type=int, default=2, help="local training ranks")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     parser.add_argument(
@@ -598,7 +626,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     people = read_people(lfw / "peopleDevTrain.txt")
     images, landmarks = devtrain_view(lfw, people, args.out / "devtrain")
     print(f"prep: {len(people)} DevTrain people -> {args.out / 'shards'}", file=sys.stderr)
-    summary = prep(images, landmarks, args.out / "shards", args.min_images, args.workers)
+    summary = prep(
+        images, landmarks, args.out / "shards", args.min_images, args.workers, args.detect
+    )
     train_split = summary.splits.get("train", {})
     reasons = ", ".join(
         f"{count} {reason}" for reason, count in sorted(summary.rejected_by_reason.items())

@@ -156,3 +156,17 @@ def test_lfw_table_keeps_finished_objectives_of_the_same_command_only(tmp_path):
     assert lfw.previous_table(other) == {}
     (tmp_path / "results.json").write_text("{half written")
     assert lfw.previous_table(args) == {}
+
+
+def test_lfw_benchmark_preps_from_detected_points_when_asked(tmp_path, monkeypatch):
+    import facetrain.data_prep as data_prep
+
+    lfw = _lfw_module()
+    seen = []
+    monkeypatch.setattr(data_prep, "run_prep", seen.append)
+    lfw.prep(tmp_path / "images", tmp_path / "landmarks.txt", tmp_path / "shards", 2, 1)
+    lfw.prep(tmp_path / "images", tmp_path / "landmarks.txt", tmp_path / "shards", 2, 1, "hog")
+    from_file, detected = seen
+    assert from_file.landmarks == str(tmp_path / "landmarks.txt") and not from_file.detect
+    assert detected.landmarks is None and detected.detect and detected.detector == "hog"
+    assert lfw.parse_args(["--detect", "cnn"]).detect == "cnn"
