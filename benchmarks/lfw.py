@@ -374,7 +374,17 @@ def sweep_markdown(rows: list[dict], args: argparse.Namespace, prep_line: str, p
         "| backbone | objective | budget (min) | steps | accuracy % | AUC | wall time | MLflow run |",
         "|---|---|---:|---:|---|---|---:|---|",
     ]
-    for row in rows:
+
+    # A record grows in the order its points were run; the table reads as a curve per backbone.
+    def place(row: dict) -> tuple:
+        backbone, objective = row["backbone"], row["objective"]
+        return (
+            args.backbones.index(backbone) if backbone in args.backbones else len(args.backbones),
+            row["minutes"],
+            args.objectives.index(objective) if objective in args.objectives else 0,
+        )
+
+    for row in sorted(rows, key=place):
         head = f"| {row['backbone']} | {row['objective']} | {row['minutes']:g} | {row['steps']} "
         if "summary" not in row:
             lines.append(head + f"| **failed**: {row.get('error')} | | | |")

@@ -133,6 +133,31 @@ def test_lfw_sweep_keeps_earlier_points_and_trains_only_the_missing_ones(tmp_pat
     assert json.loads(record.read_text()) == rows
 
 
+def test_lfw_sweep_table_reads_as_a_curve_per_backbone_whatever_order_points_ran(tmp_path):
+    lfw = _lfw_module()
+    summary = {"accuracy": 0.9, "accuracy_std": 0.02, "auc": 0.95}
+
+    def point(backbone, objective, minutes):
+        return {"backbone": backbone, "objective": objective, "minutes": minutes, "steps": 1,
+                "run_id": f"{backbone}-{objective}-{minutes:g}", "seconds": 1.0, "summary": summary}  # fmt: skip
+
+    ran = [point("tiny", "softmax", 2.0), point("mfn", "arcface", 20.0),
+           point("mfn", "softmax", 20.0), point("tiny", "arcface", 10.0),
+           point("tiny", "softmax", 10.0), point("mfn", "softmax", 2.0)]  # fmt: skip
+    args = lfw.parse_args(
+        ["--out", str(tmp_path), "--backbones", "tiny", "mfn", "--objectives", "softmax", "arcface",
+         "--sweep", "2"]
+    )  # fmt: skip
+    text = lfw.sweep_markdown(ran, args, "prep line", tmp_path / "sweep.png")
+    listed = [
+        line.split("`")[1]
+        for line in text.splitlines()
+        if line.startswith("| tiny") or line.startswith("| mfn")
+    ]
+    assert listed == ["tiny-softmax-2", "tiny-softmax-10", "tiny-arcface-10",
+                      "mfn-softmax-2", "mfn-softmax-20", "mfn-arcface-20"]  # fmt: skip
+
+
 def test_lfw_sweep_refuses_a_damaged_record_by_name(tmp_path):
     lfw = _lfw_module()
     (tmp_path / "lfw-sweep.json").write_text("{not json")
