@@ -177,16 +177,31 @@ def _finished_summary(store: OutputStore, fingerprint: str) -> PrepSummary:
 
 
 def _claim_work_dir(store: OutputStore, fingerprint: str, chunks: str) -> None:
-    """Create OUT/.work, or resume one made by the same config; drop temp files of dead runs."""
-    marker = ".work/fingerprint"
-    if store.exists(marker) and store.read_bytes(marker).decode().strip() != fingerprint:
-        raise PrepInputError(
-            f"{store.location}: holds an unfinished prep made with a different config; "
-            "rerun with the same config to resume, or choose another --out"
-        )
+    """Create OUT/.work, or resume one made by the same config and facetrain version; drop
+    temp files of dead runs."""
+    marker, version = ".work/fingerprint", f"facetrain {_version()}"
+    if store.exists(marker):
+        found = store.read_bytes(marker).decode().splitlines() or [""]
+        if found[0].strip() != fingerprint:
+            raise PrepInputError(
+                f"{store.location}: holds an unfinished prep made with a different config; "
+                "rerun with the same config to resume, or choose another --out"
+            )
+        made_by = found[1] if len(found) > 1 else "an older facetrain"
+        if made_by != version:
+            # Another version may cut the same identities into other shards or lay chunk files
+            # out otherwise, so its finished pieces are not this run's to keep. They are only
+            # recomputable work (there is no dataset.json yet): start afresh.
+            print(
+                f"facetrain prep: warning: {store.location}: the unfinished prep there was made "
+                f"by {made_by}; starting afresh with {version}",
+                file=sys.stderr,
+            )
+            store.delete_dir(".work")
+            store.delete_dir("shards")
     for folder in ("shards", chunks, ".work/done"):
         store.make_dirs(folder)
-    store.write_bytes(marker, (fingerprint + "\n").encode())
+    store.write_bytes(marker, f"{fingerprint}\n{version}\n".encode())
     for folder in ("", "shards", ".work", chunks, ".work/done"):
         store.remove_temporaries(folder)
 

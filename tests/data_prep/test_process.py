@@ -100,6 +100,56 @@ def test_resume_with_another_chunk_size_equals_a_clean_run(
     assert not (tmp_path / "resumed" / ".work").exists()
 
 
+def test_an_unfinished_prep_of_another_facetrain_version_is_redone_not_mixed_in(
+    folder_with_duplicates, tmp_path, monkeypatch, capsys
+):
+    root, landmarks_file = folder_with_duplicates
+    out = tmp_path / "upgraded"
+    config = PrepConfig(
+        source=str(root), out=str(out), landmarks=str(landmarks_file),
+        shard_size=3, executor="inline", progress=False,
+    )  # fmt: skip
+
+    monkeypatch.setattr("facetrain.data_prep.run._assemble", _raise_killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_prep(config)
+    monkeypatch.undo()
+    marker = out / ".work" / "fingerprint"
+    fingerprint, made_by = marker.read_text().splitlines()
+    assert made_by.startswith("facetrain ")
+    # As left by an older release: its marker, and a shard its own plan cut that this one does not.
+    marker.write_text(fingerprint + "\n")
+    (out / "shards" / "train-000099.tar").write_bytes(b"an older plan's shard")
+
+    summary = run_prep(config)
+    assert summary.shards_skipped == 0 and summary.shards_written > 0
+    assert "made by an older facetrain; starting afresh" in capsys.readouterr().err
+    assert not (out / "shards" / "train-000099.tar").exists()
+    run_prep(config.model_copy(update={"out": str(tmp_path / "clean")}))
+    for name in ("manifest.parquet", "identities.parquet", "rejects.parquet"):
+        assert pq.read_table(out / name).equals(pq.read_table(tmp_path / "clean" / name)), name
+
+
+def test_an_unfinished_prep_of_the_same_version_resumes_its_shards(
+    folder_with_duplicates, tmp_path, monkeypatch
+):
+    root, landmarks_file = folder_with_duplicates
+    config = PrepConfig(
+        source=str(root), out=str(tmp_path / "out"), landmarks=str(landmarks_file),
+        shard_size=3, executor="inline", progress=False,
+    )  # fmt: skip
+    monkeypatch.setattr("facetrain.data_prep.run._assemble", _raise_killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_prep(config)
+    monkeypatch.undo()
+    summary = run_prep(config)
+    assert summary.shards_written == 0 and summary.shards_skipped > 0
+
+
+def _raise_killed(*args, **kwargs):
+    raise RuntimeError("killed while writing the manifests")
+
+
 def test_rec_identities_split_across_chunks_give_the_same_shards(tmp_path):
     rng = np.random.default_rng(1)
     faces = [
