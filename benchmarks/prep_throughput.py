@@ -144,6 +144,7 @@ def _compare(root: Path, landmarks_file: Path, workdir: Path, args) -> dict:
             landmarks=str(landmarks_file),
             workers=args.workers,
             progress=False,
+            **({"images_per_scan_task": args.images_per_task} if args.images_per_task else {}),
         )
 
     base = config(workdir / "unused")
@@ -207,6 +208,9 @@ def main(argv: list[str] | None = None) -> str:
         nargs="*",
         default=[250],
         help="also measure the same faces resized to these sides (default 250: CASIA's size)",
+    )
+    parser.add_argument(
+        "--images-per-task", type=int, help="run_prep's images_per_scan_task (default: its own)"
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (smoke run)")
     args = parser.parse_args(argv)
