@@ -11,6 +11,7 @@ is the one that reaches the master (rendezvous.py).
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -57,7 +58,8 @@ def _rank_main(
                 rendezvous.master_addr,
             )
         if summary is not None:
-            torch.save(summary, Path(out_dir) / "summary.pt")
+            # Plain data (counts, paths, run ids, figures): JSON, so reading it back runs no code.
+            (Path(out_dir) / "summary.json").write_text(json.dumps(summary))
     except BaseException as err:
         (Path(out_dir) / f"error-{rank}.txt").write_text(f"{type(err).__name__}: {err}")
         raise
@@ -139,8 +141,8 @@ def train_nodes(cfg: TrainConfig, rendezvous: Rendezvous) -> dict | None:
                     f"rank {errors[0].stem.split('-')[1]}: {errors[0].read_text()}"
                 ) from err
             raise
-        summary = Path(out_dir) / "summary.pt"
-        return torch.load(summary, weights_only=False) if summary.exists() else None
+        summary = Path(out_dir) / "summary.json"
+        return json.loads(summary.read_text()) if summary.exists() else None
 
 
 def train_local(cfg: TrainConfig, nproc: int = 1) -> dict:
