@@ -7,7 +7,7 @@ import math
 import numpy as np
 from facetrain.data_prep.align import alignment_matrix, get_template, transform_scale, warp_affine
 from facetrain.data_prep.config import PrepConfig
-from facetrain.data_prep.images import decode_rgb, encode_jpeg, open_image
+from facetrain.data_prep.images import ImageHeader, decode_rgb, encode_jpeg, read_header
 from PIL import Image
 
 
@@ -16,16 +16,16 @@ def process_image(
     landmarks: list[float] | None,
     config: PrepConfig,
     name: str,
-    header: Image.Image | None = None,
+    header: ImageHeader | None = None,
     matrix: np.ndarray | None = None,
 ) -> tuple[bytes, tuple[int, int], np.ndarray | None]:
     """(JPEG bytes, size, source->output transform or None) of one face.
 
-    `header`, `matrix`: the image already opened on `data` and the landmarks' alignment
+    `header`, `matrix`: the header already read from `data` and the landmarks' alignment
     matrix, when the scan has them (saves parsing and fitting again).
     """
     if header is None:
-        header = open_image(data, name, config.max_image_pixels)
+        header = read_header(data, name, config.max_image_pixels)
     if config.align == "none" or landmarks is None:
         return _keep_aligned(data, header, config, name), aligned_size(config), None
     template = get_template(config.align)
@@ -42,7 +42,7 @@ def process_image(
         pixels, reduction = opencv_ops.decode_bgr(data, header, name, max_reduction)
     else:
         draft = (math.ceil(width * scale), math.ceil(header.size[1] * scale))
-        image = decode_rgb(header, name, draft_size=draft if max_reduction > 1 else None)
+        image = decode_rgb(header.pil(), name, draft_size=draft if max_reduction > 1 else None)
         reduction = 2 ** round(math.log2(width / image.size[0]))
     if reduction > 1:
         # Pixel j of the reduced image covers source pixels [r*j, r*j + r - 1].
@@ -64,11 +64,11 @@ def aligned_size(config: PrepConfig) -> tuple[int, int]:
     return get_template("arcface" if config.align == "none" else config.align).size
 
 
-def _keep_aligned(data: bytes, header: Image.Image, config: PrepConfig, name: str) -> bytes:
+def _keep_aligned(data: bytes, header: ImageHeader, config: PrepConfig, name: str) -> bytes:
     """Pre-aligned faces: the original JPEG bytes when they already fit, else re-encoded."""
     size = aligned_size(config)
     is_jpeg = header.format == "JPEG"
-    image = decode_rgb(header, name)  # a full decode even to pass through: catches truncation
+    image = decode_rgb(header.pil(), name)  # a full decode even to pass through: catches truncation
     if is_jpeg and image.size == size and not config.reencode:
         return data
     if image.height == size[1] and image.width > size[0]:

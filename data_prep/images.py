@@ -7,7 +7,9 @@ rejects.parquet counts) and whose message names the file.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -60,12 +62,83 @@ def open_image(data: bytes, name: str, max_pixels: int | None = None) -> Image.I
         raise ImageError(name, REASON_NOT_IMAGE) from err
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(name, REASON_CORRUPT, str(err)) from err
-    width, height = image.size
+    _check_size(name, *image.size, max_pixels)
+    return image
+
+
+def _check_size(name: str, width: int, height: int, max_pixels: int | None) -> None:
     if width <= 0 or height <= 0:
         raise ImageError(name, REASON_CORRUPT, f"size {width}x{height}")
     if max_pixels is not None and width * height > max_pixels:
         raise ImageError(name, REASON_BOMB, f"{width}x{height} > {max_pixels} pixels")
-    return image
+
+
+@dataclass
+class ImageHeader:
+    """An image's format, mode and size, read without decoding; `pil()` opens it with PIL."""
+
+    data: bytes
+    name: str
+    format: str
+    mode: str
+    size: tuple[int, int]
+    opened: Image.Image | None = field(default=None, repr=False)
+
+    def pil(self) -> Image.Image:
+        """The file opened with PIL, for a PIL decode (its header parsed the first time only)."""
+        if self.opened is None:
+            self.opened = open_image(self.data, self.name)
+        return self.opened
+
+
+def read_header(data: bytes, name: str, max_pixels: int | None = None) -> ImageHeader:
+    """`open_image`'s checks and facts, with a plain 8-bit JPEG's read from its frame header
+    alone: PIL's parse of every marker costs about 25x more, and an OpenCV decode never needs it.
+    Anything else is opened with PIL, which also names what is wrong with a bad file."""
+    frame = jpeg_frame(data)
+    if frame is None:
+        image = open_image(data, name, max_pixels)
+        return ImageHeader(data, name, image.format, image.mode, image.size, image)
+    width, height, mode = frame
+    _check_size(name, width, height, max_pixels)
+    return ImageHeader(data, name, "JPEG", mode, (width, height))
+
+
+# Start-of-frame markers (ITU T.81 table B.1): every coding process except DHT/DAC/JPG-ext.
+_JPEG_FRAME_MARKERS = frozenset(
+    {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+)
+_JPEG_MODES = {1: "L", 3: "RGB"}  # PIL's modes for 1 and 3 components
+
+
+def jpeg_frame(data: bytes) -> tuple[int, int, str] | None:
+    """(width, height, "L" or "RGB") from an 8-bit JPEG's frame header, or None for anything
+    else (not a JPEG, CMYK, 12-bit, a size left to a DNL marker, markers cut off or malformed):
+    those go to PIL, which decides how to read or reject them."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    pos, end = 2, len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # a fill byte before the marker
+            pos += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length field
+            pos += 2
+        elif marker in (0xD9, 0xDA):  # end of image, or scan data, before any frame header
+            return None
+        elif marker in _JPEG_FRAME_MARKERS:
+            if pos + 10 > end:
+                return None
+            precision, height, width, components = struct.unpack_from(">BHHB", data, pos + 4)
+            mode = _JPEG_MODES.get(components)
+            if precision != 8 or mode is None or width == 0 or height == 0:
+                return None
+            return width, height, mode
+        else:
+            pos += 2 + struct.unpack_from(">H", data, pos + 2)[0]
+    return None
 
 
 def load_rgb(

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from facetrain.data_prep.images import REASON_CORRUPT, ImageError, decode_rgb
-from PIL import Image
+from facetrain.data_prep.images import REASON_CORRUPT, ImageError, ImageHeader, decode_rgb
 
 # One task = one CPU: OpenCV's own thread pool would oversubscribe the cores Ray hands out.
 cv2.setNumThreads(1)
@@ -25,7 +24,7 @@ _REDUCED_FLAGS = {
 
 
 def decode_bgr(
-    data: bytes, header: Image.Image, name: str, max_reduction: int = 1
+    data: bytes, header: ImageHeader, name: str, max_reduction: int = 1
 ) -> tuple[np.ndarray, int]:
     """(8-bit BGR pixels, reduction factor used: 1, 2, 4 or 8)."""
     if header.format == "JPEG" and header.mode in ("RGB", "L"):
@@ -37,7 +36,7 @@ def decode_bgr(
         if pixels is None:
             raise ImageError(name, REASON_CORRUPT, "OpenCV could not decode it")
         return pixels, reduction
-    rgb = np.asarray(decode_rgb(header, name))
+    rgb = np.asarray(decode_rgb(header.pil(), name))
     return np.ascontiguousarray(rgb[..., ::-1]), 1
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 from facetrain.data_prep.align import alignment_matrix, get_template, transform_scale
 from facetrain.data_prep.config import PrepConfig
-from facetrain.data_prep.images import ImageError, decode_rgb, open_image, read_file
+from facetrain.data_prep.images import ImageError, ImageHeader, decode_rgb, read_file, read_header
 from facetrain.data_prep.recordio import IndexedRecordFile, RecordIOError
 from facetrain.data_prep.sources import Chunk, FolderChunk, RecChunk
 
@@ -46,7 +46,7 @@ SCAN_SCHEMA = pa.schema(
 class Scanned(NamedTuple):
     row: dict  # SCAN_SCHEMA
     data: bytes | None = None  # the file's (or record's) bytes, when it could be read
-    header: object = None  # the PIL image opened on `data` (header parsed, pixels not decoded)
+    header: ImageHeader | None = None  # format, mode and size of `data` (pixels not decoded)
     matrix: np.ndarray | None = None  # source -> template alignment, when landmarks gave one
 
 
@@ -93,7 +93,7 @@ def _scan_folder(chunk: FolderChunk, config: PrepConfig):
     for entry in chunk.entries:
         try:
             data = read_file(root / entry.relpath)
-            image = open_image(data, entry.relpath, config.max_image_pixels)
+            image = read_header(data, entry.relpath, config.max_image_pixels)
         except ImageError as err:
             yield Scanned(_row(entry.identity, entry.relpath, reason=err.reason))
             continue
@@ -134,14 +134,14 @@ def _scan_folder(chunk: FolderChunk, config: PrepConfig):
 
 
 def detected_landmarks(
-    image, name: str, detector
+    image: ImageHeader, name: str, detector
 ) -> tuple[tuple[float, ...] | None, float | None, str | None]:
     """(five points of the main face, its detector score, None) or (None, None, reject reason),
     in source pixels: the detector's box, then the 68-point predictor reduced to five."""
     width, height = image.size
     # Large JPEGs are detected on a reduced decode (libjpeg scaling); points are scaled back.
     shrink = min(1.0, DETECT_MAX_SIDE / max(width, height))
-    rgb = decode_rgb(image, name, draft_size=(width * shrink, height * shrink))
+    rgb = decode_rgb(image.pil(), name, draft_size=(width * shrink, height * shrink))
     scale = width / rgb.width
     face, reason = detector.detect(np.asarray(rgb))
     if face is None:
@@ -182,7 +182,7 @@ def _scan_rec(chunk: RecChunk, config: PrepConfig):
                 continue
             identity = rec_identity(record.label)
             try:
-                image = open_image(record.payload, source, config.max_image_pixels)
+                image = read_header(record.payload, source, config.max_image_pixels)
             except ImageError as err:
                 yield Scanned(_row(identity, source, offset=offset, reason=err.reason))
                 continue

@@ -117,12 +117,12 @@ def _lfw_sample(lfw_root) -> dict[str, np.ndarray]:
 
 def _detect(image: Image.Image, kind: str = "hog"):
     from facetrain.data_prep.detect import require_detector
-    from facetrain.data_prep.images import open_image
+    from facetrain.data_prep.images import read_header
     from facetrain.data_prep.scan import detected_landmarks
 
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    header = open_image(buffer.getvalue(), "test.png")
+    header = read_header(buffer.getvalue(), "test.png")
     points, score, reason = detected_landmarks(header, "test.png", require_detector(kind))
     assert (points is None) == (score is None) == (reason is not None)
     return points, reason

@@ -107,3 +107,69 @@ def test_a_file_without_read_permission_is_unreadable(tmp_path):
     with pytest.raises(ImageError) as caught:
         load_rgb(path)
     assert caught.value.reason == REASON_UNREADABLE and "locked.jpg" in str(caught.value)
+
+
+def _jpegs() -> dict[str, bytes]:
+    """JPEGs of every layout read_header meets: modes, progressive, EXIF and comment segments,
+    restart markers, fill bytes before a marker; and sizes that are not square."""
+    rng = np.random.default_rng(2)
+    rgb = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8), "RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation
+    files = {
+        "rgb": _encode(rgb, "JPEG"),
+        "gray": _encode(rgb.convert("L"), "JPEG"),
+        "cmyk": _encode(rgb.convert("CMYK"), "JPEG"),
+        "progressive": _encode(rgb, "JPEG", progressive=True),
+        "exif+comment": _encode(rgb, "JPEG", exif=exif.tobytes(), comment=b"x" * 300),
+        "restart markers": _encode(rgb, "JPEG", restart_marker_blocks=1),
+        "png": _encode(rgb, "PNG"),
+    }
+    plain = files["rgb"]
+    files["fill bytes"] = plain[:2] + b"\xff\xff\xff" + plain[2:]
+    return files
+
+
+def test_read_header_agrees_with_pil_on_every_jpeg_layout_and_falls_back_for_the_rest():
+    from facetrain.data_prep.images import jpeg_frame, open_image, read_header
+
+    for label, data in _jpegs().items():
+        reference = Image.open(io.BytesIO(data))
+        header = read_header(data, label)
+        assert (header.format, header.mode, header.size) == (
+            "JPEG" if reference.format == "MPO" else reference.format,
+            reference.mode,
+            reference.size,
+        ), label
+        # Only plain 8-bit L/RGB JPEGs skip PIL; the rest carry the image PIL opened.
+        assert (jpeg_frame(data) is None) == (label in ("cmyk", "png")), label
+        assert header.pil().size == open_image(data, label).size
+
+
+@pytest.mark.parametrize("library", ["pil", "opencv"])
+def test_a_jpeg_cut_anywhere_is_refused_as_corrupt_by_header_or_by_decode(library):
+    """Where the fast header read accepts a cut file PIL's parse would refuse, the decode that
+    follows refuses it: every cut is rejected with the same reason either way."""
+    if library == "opencv":
+        pytest.importorskip("cv2")
+    from facetrain.data_prep.config import PrepConfig
+    from facetrain.data_prep.faces import process_image
+
+    config = PrepConfig(source="/in", out="/out", image_library=library)
+    data = _jpegs()["exif+comment"]
+    points = [18.0, 20.0, 34.0, 20.0, 26.0, 27.0, 20.0, 33.0, 32.0, 33.0]
+    process_image(data, points, config, "whole.jpg")  # the uncut file goes through
+    for cut in range(2, len(data) - 2, 7):
+        with pytest.raises(ImageError) as caught:
+            process_image(data[:cut], points, config, f"cut-{cut}.jpg")
+        assert caught.value.reason in (REASON_CORRUPT, REASON_NOT_IMAGE), cut
+
+
+def test_read_header_keeps_the_pixel_limit():
+    from facetrain.data_prep.images import read_header
+
+    data = _jpegs()["rgb"]  # 53 x 37
+    assert read_header(data, "ok.jpg", max_pixels=53 * 37).size == (53, 37)
+    with pytest.raises(ImageError) as caught:
+        read_header(data, "big.jpg", max_pixels=53 * 37 - 1)
+    assert caught.value.reason == REASON_BOMB and "big.jpg" in str(caught.value)
