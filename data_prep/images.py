@@ -38,7 +38,9 @@ class ImageError(ValueError):
 def read_file(path: str | Path) -> bytes:
     """The bytes of `path`, or ImageError(missing / unreadable / empty)."""
     try:
-        data = Path(path).read_bytes()
+        # Not Path.read_bytes: its path parsing costs ~20 us a face.
+        with open(path, "rb") as handle:
+            data = handle.read()
     except FileNotFoundError as err:
         raise ImageError(str(path), REASON_MISSING) from err
     except OSError as err:  # permissions, a directory named like an image, I/O errors

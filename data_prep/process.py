@@ -3,7 +3,7 @@
 Each image is read, hashed, parsed and (unless the planner is sure to drop it) decoded,
 aligned and encoded in one visit, so the shard tasks later only copy bytes. The chunk file
 (Arrow IPC, CHUNK_SCHEMA, rows sorted by identity then path, in batches of BATCH_ROWS rows
-so a shard task reads just the batches it needs) lands atomically under `.work/chunks-N/`;
+so a shard task reads just the batches it needs) lands atomically under `chunk_folder(config)`;
 the task returns only the narrow PLAN_INPUT_SCHEMA columns the planner reads.
 """
 
@@ -38,10 +38,16 @@ CHUNK_SCHEMA = pa.schema(
 )
 
 
+# Bumped whenever listing cuts chunks at other places (v2: an identity that would overflow a
+# chunk starts the next one).
+CHUNK_LAYOUT = 2
+
+
 def chunk_folder(config: PrepConfig) -> str:
-    """Named by the chunk size: a rerun with another size lists other chunks, and must not
-    take these for its own (it processes afresh; the output is the same either way)."""
-    return f".work/chunks-{config.images_per_scan_task}"
+    """Named by the chunk layout and size: a rerun with another size, or by a facetrain that
+    cuts chunks otherwise, lists other chunks, and must not take these for its own (it
+    processes afresh; the output is the same either way)."""
+    return f".work/chunks-v{CHUNK_LAYOUT}-{config.images_per_scan_task}"
 
 
 def chunk_name(config: PrepConfig, index: int) -> str:
@@ -133,7 +139,7 @@ def _provenance(row: dict, matrix: np.ndarray | None, config: PrepConfig) -> byt
     record = {
         "identity": row["identity"],
         "source": row["source"],
-        "landmarks": np.reshape(points, (5, 2)).tolist() if points else None,
+        "landmarks": [list(points[i : i + 2]) for i in range(0, 10, 2)] if points else None,
         "transform": matrix.tolist() if matrix is not None else None,
         "template": config.align if matrix is not None else None,
         # --detect: the main face's detector score (null for points from a landmark file), for

@@ -8,6 +8,7 @@ with a `reason` are rejects.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -84,7 +85,7 @@ def _row(
 
 
 def _scan_folder(chunk: FolderChunk, config: PrepConfig):
-    root = Path(chunk.root)
+    root = chunk.root
     detector = None
     if config.detect and config.align != "none":
         from facetrain.data_prep.detect import require_detector
@@ -92,7 +93,7 @@ def _scan_folder(chunk: FolderChunk, config: PrepConfig):
         detector = require_detector(config.detector, config.upsample)
     for entry in chunk.entries:
         try:
-            data = read_file(root / entry.relpath)
+            data = read_file(os.path.join(root, entry.relpath))
             image = read_header(data, entry.relpath, config.max_image_pixels)
         except ImageError as err:
             yield Scanned(_row(entry.identity, entry.relpath, reason=err.reason))

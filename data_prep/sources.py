@@ -204,6 +204,12 @@ def _folder_chunks(source: Source, chunk_size: int) -> Iterator[FolderChunk]:
                 relpath = f"{identity}/{name}"
                 if not name.startswith(".") and relpath not in covered:
                     entries.append(FolderEntry(identity, relpath, None))
+        # An identity that would take the chunk past chunk_size starts the next one, so no task
+        # holds much more than the others and the last tasks of a run end together (a chunk is
+        # larger only when one identity is).
+        if batch and len(batch) + len(entries) > chunk_size:
+            yield FolderChunk(str(root), tuple(batch))
+            batch = []
         batch.extend(sorted(entries, key=lambda entry: entry.relpath))
         if len(batch) >= chunk_size:
             yield FolderChunk(str(root), tuple(batch))

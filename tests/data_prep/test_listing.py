@@ -68,6 +68,9 @@ def _reference(root: Path, rows: list[tuple[str, str, list[float]]], chunk_size:
                 relpath = f"{identity}/{file.name}"
                 if not file.name.startswith(".") and relpath not in covered:
                     entries.append((relpath, None))
+        if chunk and len(chunk) + len(entries) > chunk_size:  # the identity starts a new chunk
+            chunks.append(chunk)
+            chunk = []
         chunk += [(identity, relpath, points) for relpath, points in sorted(entries, key=_first)]
         if len(chunk) >= chunk_size:
             chunks.append(chunk)

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from facetrain.data_prep import run_prep
 from facetrain.data_prep.config import PrepConfig
-from facetrain.data_prep.process import chunk_name, process_chunk
+from facetrain.data_prep.process import chunk_folder, chunk_name, process_chunk
 from facetrain.data_prep.sources import iter_chunks, open_source
 from facetrain.data_prep.storage import OutputStore
 from facetrain.jobs.demo.synthetic_faces import jpeg_bytes
@@ -89,7 +89,7 @@ def test_resume_with_another_chunk_size_equals_a_clean_run(
     with pytest.raises(RuntimeError, match="killed"):
         run_prep(config)
     monkeypatch.undo()
-    assert list((tmp_path / "resumed" / ".work" / "chunks-4").glob("chunk-*.arrow"))
+    assert list((tmp_path / "resumed" / chunk_folder(config)).glob("chunk-*.arrow"))
 
     # Another chunk size lists other chunks: the cached ones must not be taken for them.
     run_prep(config.model_copy(update={"images_per_scan_task": 2}))
