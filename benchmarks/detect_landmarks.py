@@ -17,16 +17,18 @@ detector (`hog`, `cnn`) runs exactly as `facetrain prep --detect` does
   the constants in data_prep/detect.py.
 
     python benchmarks/detect_landmarks.py [--images 300] [--cnn-images 150] [--seed 0]
-        [--detectors hog cnn] [--workers N] [--speed-images 60] [--fit-mmod]
+        [--detectors hog cnn] [--workers N] [--speed-images 60] [--records DIR] [--fit-mmod]
     python benchmarks/detect_landmarks.py --downstream RUN_ID --tracking-uri URI --detectors hog
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -90,26 +92,70 @@ def _detect_one(item: tuple[str, np.ndarray]) -> tuple[str | None, np.ndarray | 
     return None, face.points, _inside(face.box, reference)
 
 
-def measure(kind: str, sample: list[tuple[str, np.ndarray]], workers: int) -> dict:
+def measure(
+    kind: str, sample: list[tuple[str, np.ndarray]], workers: int, records: Path | None = None
+) -> dict:
     """Prep's path for 150x150 LFW images (`scan.detected_landmarks` decodes them whole, so
-    its points are the detector's): decode, detect, main face, 68 -> 5 points."""
+    its points are the detector's): decode, detect, main face, 68 -> 5 points.
+
+    With `records`, each image's outcome is appended to that JSON Lines file as it comes and
+    images already there are not detected again, so a run of hours resumes after a crash."""
     from multiprocessing import Pool
 
-    errors, reasons, raw_box_misses = [], {}, 0
-    with Pool(workers, initializer=_start_worker, initargs=(kind,)) as pool:
-        results = pool.imap(_detect_one, sample, chunksize=4)
-        for (_, reference), (reason, points, raw_inside) in tqdm(
-            zip(sample, results, strict=True), total=len(sample), desc=kind, leave=False
+    done = _read_records(records) if records else {}
+    todo = [item for item in sample if item[0] not in done]
+    with (
+        open(records, "a") if records else nullcontext() as sink,
+        Pool(workers, initializer=_start_worker, initargs=(kind,)) as pool,
+    ):
+        if sink and records.stat().st_size and not records.read_bytes().endswith(b"\n"):
+            sink.write("\n")  # a crash cut the last line: start the next one on its own
+        results = pool.imap(_detect_one, todo, chunksize=4)
+        for (relpath, _), (reason, points, raw_inside) in tqdm(
+            zip(todo, results, strict=True), total=len(todo), desc=kind, leave=False
         ):
-            raw_box_misses += reason in (None, "box misses the reference points") and not raw_inside
-            if reason is not None:
-                reasons[reason] = reasons.get(reason, 0) + 1
+            record = {
+                "image": relpath,
+                "reason": reason,
+                "points": None if points is None else np.asarray(points).tolist(),
+                "raw_inside": raw_inside,
+            }
+            done[relpath] = record
+            if sink:
+                sink.write(json.dumps(record) + "\n")
+                sink.flush()
+    return summarise([(done[relpath], reference) for relpath, reference in sample])
+
+
+def _read_records(path: Path) -> dict[str, dict]:
+    """Records of an earlier run, by image; a line cut by a crash is dropped (redone)."""
+    found = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
                 continue
-            errors.append(_nme(points, reference))
+            found[record["image"]] = record
+    return found
+
+
+def summarise(outcomes: list[tuple[dict, np.ndarray]]) -> dict:
+    """NME and failure figures from per-image records and their reference points."""
+    errors, reasons, raw_box_misses = [], {}, 0
+    for record, reference in outcomes:
+        reason = record["reason"]
+        raw_box_misses += (
+            reason in (None, "box misses the reference points") and not record["raw_inside"]
+        )
+        if reason is not None:
+            reasons[reason] = reasons.get(reason, 0) + 1
+            continue
+        errors.append(_nme(np.asarray(record["points"], np.float64), reference))
     per_point = np.array(errors)
     per_image_nme = per_point.mean(axis=1)
     return {
-        "images": len(sample),
+        "images": len(outcomes),
         "failures": sum(reasons.values()),
         "reasons": reasons,
         "raw_box_misses": raw_box_misses,
@@ -274,6 +320,13 @@ def main() -> None:
     parser.add_argument(
         "--speed-images", type=int, default=60, help="timed in one process, right after it"
     )
+    parser.add_argument(
+        "--records",
+        type=Path,
+        metavar="DIR",
+        help="keep each image's outcome in DIR/<detector>.jsonl and skip images already "
+        "there: a long run resumes where it stopped",
+    )
     args = parser.parse_args()
     if args.fit_mmod:
         fit_mmod(_subset(args.cnn_images, args.seed + 1))
@@ -308,7 +361,11 @@ def main() -> None:
         if kind not in args.detectors:
             continue
         sample = _subset(count, args.seed)
-        result = measure(kind, sample, args.workers)
+        records = None
+        if args.records:
+            args.records.mkdir(parents=True, exist_ok=True)
+            records = args.records / f"{kind}.jsonl"
+        result = measure(kind, sample, args.workers, records)
         timed = sample[: args.speed_images]
         result["images_per_s"] = detect_speed(kind, timed)
         result["baseline_per_s"] = baseline_speed(timed)
