@@ -17,8 +17,10 @@ detector (`hog`, `cnn`) runs exactly as `facetrain prep --detect` does
   the constants in data_prep/detect.py.
 
     python benchmarks/detect_landmarks.py [--images 300] [--cnn-images 150] [--seed 0]
-        [--detectors hog cnn] [--workers N] [--speed-images 60] [--records DIR] [--fit-mmod]
+        [--detectors hog cnn] [--workers N] [--speed-images 60] [--records DIR] [--png FILE]
+        [--fit-mmod]
     python benchmarks/detect_landmarks.py --downstream RUN_ID --tracking-uri URI --detectors hog
+        [--records DIR]
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 LFW = REPO.parent / "shared" / "data" / "lfw"
+NME_AXIS = 0.15  # the plot's right edge: 3x the target median
 POINT_NAMES = ("left eye", "right eye", "nose", "left mouth", "right mouth")
 
 
@@ -87,7 +90,7 @@ def _detect_one(item: tuple[str, np.ndarray]) -> tuple[str | None, np.ndarray | 
         return reason, None, False
     # The predictor reads the face in HOG's frame (MMOD boxes are mapped to it): that box is
     # the face prep uses. The detector's raw box is reported beside it.
-    if not _inside(_DETECTOR.landmark_box(face.box), reference):
+    if not _inside(face.landmark_box, reference):
         return "box misses the reference points", None, _inside(face.box, reference)
     return None, face.points, _inside(face.box, reference)
 
@@ -96,14 +99,25 @@ def measure(
     kind: str, sample: list[tuple[str, np.ndarray]], workers: int, records: Path | None = None
 ) -> dict:
     """Prep's path for 150x150 LFW images (`scan.detected_landmarks` decodes them whole, so
-    its points are the detector's): decode, detect, main face, 68 -> 5 points.
+    its points are the detector's): decode, detect, main face, 68 -> 5 points."""
+    outcomes = detect_all(kind, sample, workers, records)
+    return summarise([(outcomes[relpath], reference) for relpath, reference in sample])
 
-    With `records`, each image's outcome is appended to that JSON Lines file as it comes and
-    images already there are not detected again, so a run of hours resumes after a crash."""
+
+def detect_all(
+    kind: str, sample: list[tuple[str, np.ndarray]], workers: int, records: Path | None = None
+) -> dict[str, dict]:
+    """Each image's outcome (reason, points, whether the raw box holds the reference), by image.
+
+    With `records`, each outcome is appended to that JSON Lines file as it comes and images
+    already there are not detected again: a run of hours resumes after a crash, and the
+    View 2 comparison reuses the points of an all-LFW run."""
     from multiprocessing import Pool
 
     done = _read_records(records) if records else {}
     todo = [item for item in sample if item[0] not in done]
+    if not todo:
+        return done
     with (
         open(records, "a") if records else nullcontext() as sink,
         Pool(workers, initializer=_start_worker, initargs=(kind,)) as pool,
@@ -124,7 +138,7 @@ def measure(
             if sink:
                 sink.write(json.dumps(record) + "\n")
                 sink.flush()
-    return summarise([(done[relpath], reference) for relpath, reference in sample])
+    return done
 
 
 def _read_records(path: Path) -> dict[str, dict]:
@@ -164,7 +178,44 @@ def summarise(outcomes: list[tuple[dict, np.ndarray]]) -> dict:
         "nme_p90": float(np.percentile(per_image_nme, 90)),
         "per_point_median": np.median(per_point, axis=0),
         "per_point_p90": np.percentile(per_point, 90, axis=0),
+        "per_image_nme": per_image_nme,
     }
+
+
+def plot_nme(rows: list[tuple[str, dict]], path: Path) -> Path:
+    """Share of images whose detected points lie within a given NME, per detector. Failures
+    never get there, so each curve levels off at 1 - its failure rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 4.8))
+    for kind, result in rows:
+        nme = np.sort(result["per_image_nme"])
+        share = np.arange(1, len(nme) + 1) / result["images"]
+        nme, share = np.append(nme, max(NME_AXIS, nme[-1])), np.append(share, share[-1])
+        axes.step(
+            nme,
+            share,
+            where="post",
+            label=f"{kind}: {result['images']:,} images, median {result['nme_median']:.3f}, "
+            f"{result['failures']} failures ({100 * result['failures'] / result['images']:.2f} %)",
+        )
+    axes.axvline(0.05, color="grey", linestyle=":", linewidth=0.8, label="0.05 (target median)")
+    axes.axhline(0.5, color="grey", linestyle="-", linewidth=0.4)
+    axes.set_xlim(0, NME_AXIS)
+    axes.set_ylim(0, 1.01)
+    axes.set_xlabel("NME: mean point error / reference inter-ocular distance")
+    axes.set_ylabel("share of images within it")
+    axes.set_title("Detected five points vs LFW's landmark file")
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
 
 
 def detect_speed(kind: str, sample: list[tuple[str, np.ndarray]]) -> float:
@@ -195,20 +246,17 @@ def baseline_speed(sample: list[tuple[str, np.ndarray]]) -> float:
     return len(sample) / (time.perf_counter() - start)
 
 
-def _detect_points(item: tuple[str, np.ndarray]) -> np.ndarray | None:
-    reason, points, _ = _detect_one(item)
-    return None if reason is not None else points
-
-
 def downstream(
-    kind: str, model_refs: list[str], tracking_uri: str | None, workers: int
+    kind: str,
+    model_refs: list[str],
+    tracking_uri: str | None,
+    workers: int,
+    records: Path | None = None,
 ) -> dict:
     """Each trained model verified on LFW View 2 (`pairs.txt`, 10 folds) twice: faces aligned
     from the detector's points and from the reference file. Both arms use the same pairs,
     those whose images the detector found, so the two accuracies differ only by alignment;
     the models share one detection pass, so they are compared on the same points."""
-    from multiprocessing import Pool
-
     import mlflow
     from facetrain.data_prep.landmarks import read_landmarks
     from facetrain.pipeline.eval import load_model, run_verification
@@ -221,12 +269,11 @@ def downstream(
     pairs = read_pairs(LFW / "pairs.txt")
     keys = sorted(set(pairs.unique_keys()))
     items = [(key, np.asarray(reference[key], np.float64).reshape(5, 2)) for key in keys]
-    with Pool(workers, initializer=_start_worker, initargs=(kind,)) as pool:
-        found = list(
-            tqdm(pool.imap(_detect_points, items, chunksize=8), total=len(items), desc="detect")
-        )
+    outcomes = detect_all(kind, items, workers, records)
     detected = {
-        key: points for (key, _), points in zip(items, found, strict=True) if points is not None
+        key: np.asarray(outcomes[key]["points"], np.float64)
+        for key in keys
+        if outcomes[key]["reason"] is None
     }
     options = EvalOptions(batch_size=128, workers=workers, device="cpu")
     arms = {
@@ -256,7 +303,7 @@ def _frame_offsets(item: tuple[str, np.ndarray]) -> np.ndarray | None:
     face, _ = _DETECTOR.detect(rgb)
     if face is None:
         return None
-    raw = five_from_68(_DETECTOR.points_68(rgb, face.box))
+    raw = five_from_68(_DETECTOR.points_68(rgb, face.landmark_box))
     _, x_axis, y_axis, unit = face_frame(raw)
     delta = (reference - raw) / unit
     return np.stack([delta @ x_axis, delta @ y_axis], axis=1)
@@ -320,12 +367,13 @@ def main() -> None:
     parser.add_argument(
         "--speed-images", type=int, default=60, help="timed in one process, right after it"
     )
+    parser.add_argument("--png", type=Path, help="plot of the NME distribution per detector")
     parser.add_argument(
         "--records",
         type=Path,
         metavar="DIR",
         help="keep each image's outcome in DIR/<detector>.jsonl and skip images already "
-        "there: a long run resumes where it stopped",
+        "there: a long run resumes where it stopped, and --downstream reuses its points",
     )
     args = parser.parse_args()
     if args.fit_mmod:
@@ -334,9 +382,15 @@ def main() -> None:
     if args.fit_points:
         fit_points(_subset(args.images, args.seed + 2), args.workers)
         return
+    records_of = {}
+    if args.records:
+        args.records.mkdir(parents=True, exist_ok=True)
+        records_of = {kind: args.records / f"{kind}.jsonl" for kind in args.detectors}
     if args.downstream:
         kind = args.detectors[0]
-        result = downstream(kind, args.downstream, args.tracking_uri, args.workers)
+        result = downstream(
+            kind, args.downstream, args.tracking_uri, args.workers, records_of.get(kind)
+        )
         print(
             f"View 2 pairs.txt: {result['detected']} of {result['images']} images detected "
             f"({kind}); pairs with an undetected image are left out of both arms"
@@ -361,11 +415,7 @@ def main() -> None:
         if kind not in args.detectors:
             continue
         sample = _subset(count, args.seed)
-        records = None
-        if args.records:
-            args.records.mkdir(parents=True, exist_ok=True)
-            records = args.records / f"{kind}.jsonl"
-        result = measure(kind, sample, args.workers, records)
+        result = measure(kind, sample, args.workers, records_of.get(kind))
         timed = sample[: args.speed_images]
         result["images_per_s"] = detect_speed(kind, timed)
         result["baseline_per_s"] = baseline_speed(timed)
@@ -383,6 +433,8 @@ def main() -> None:
             f"{r['images_per_s']:.1f} | {r['baseline_per_s']:.0f} | "
             f"{r['images_per_s'] / r['baseline_per_s']:.3f} |"
         )
+    if args.png and rows:
+        print(f"plot: {plot_nme(rows, args.png)}")
     for kind, r in rows:
         print(f"\n{kind}: failure reasons {r['reasons']}")
         for name, median, p90 in zip(
