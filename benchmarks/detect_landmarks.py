@@ -26,6 +26,7 @@ detector (`hog`, `cnn`) runs exactly as `facetrain prep --detect` does
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -38,6 +39,9 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 LFW = REPO.parent / "shared" / "data" / "lfw"
+# Records carry the hash of the detection code that made them; others are redone, so a records
+# folder kept across a change to data_prep/detect.py never mixes the old outcomes with the new.
+DETECT_CODE = REPO / "data_prep" / "detect.py"
 NME_AXIS = 0.15  # the plot's right edge: 3x the target median
 POINT_NAMES = ("left eye", "right eye", "nose", "left mouth", "right mouth")
 
@@ -88,8 +92,8 @@ def _detect_one(item: tuple[str, np.ndarray]) -> tuple[str | None, np.ndarray | 
     face, reason = _DETECTOR.detect(np.asarray(image))
     if face is None:
         return reason, None, False
-    # The predictor reads the face in HOG's frame (MMOD boxes are mapped to it): that box is
-    # the face prep uses. The detector's raw box is reported beside it.
+    # The predictor reads the face in HOG's frame (a CNN face in HOG's box of it, or its MMOD
+    # box mapped there): that box is the face prep uses. The detector's raw box is reported beside it.
     if not _inside(face.landmark_box, reference):
         return "box misses the reference points", None, _inside(face.box, reference)
     return None, face.points, _inside(face.box, reference)
@@ -114,7 +118,8 @@ def detect_all(
     View 2 comparison reuses the points of an all-LFW run."""
     from multiprocessing import Pool
 
-    done = _read_records(records) if records else {}
+    version = _code_version()
+    done = _read_records(records, version) if records else {}
     todo = [item for item in sample if item[0] not in done]
     if not todo:
         return done
@@ -133,6 +138,7 @@ def detect_all(
                 "reason": reason,
                 "points": None if points is None else np.asarray(points).tolist(),
                 "raw_inside": raw_inside,
+                "code": version,
             }
             done[relpath] = record
             if sink:
@@ -141,8 +147,13 @@ def detect_all(
     return done
 
 
-def _read_records(path: Path) -> dict[str, dict]:
-    """Records of an earlier run, by image; a line cut by a crash is dropped (redone)."""
+def _code_version() -> str:
+    return hashlib.sha256(DETECT_CODE.read_bytes()).hexdigest()[:16]
+
+
+def _read_records(path: Path, version: str | None = None) -> dict[str, dict]:
+    """Records of an earlier run, by image; a line cut by a crash, or made by other detection
+    code than `version` (when given), is dropped (redone)."""
     found = {}
     if path.exists():
         for line in path.read_text().splitlines():
@@ -150,7 +161,8 @@ def _read_records(path: Path) -> dict[str, dict]:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            found[record["image"]] = record
+            if version is None or record.get("code") == version:
+                found[record["image"]] = record
     return found
 
 
